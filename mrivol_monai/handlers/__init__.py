@@ -1,0 +1,1 @@
+"""mrivol_monai.handlers"""
