@@ -1,0 +1,89 @@
+"""2D slice augmentations of paper E1, each switchable by name from the bundle config.
+
+Names: ``flip`` (horizontal and vertical, p=0.5 each), ``rotation`` (up to 30 degrees, p=0.3), ``noise``
+(Gaussian, mean 0, std 0.1, p=0.4), ``contrast`` (contrast and brightness, factor 1.4, p=0.4), ``equalize``
+(random histogram equalisation, p=0.4); ``mix`` = all of them; ``none`` or ``[]`` = no augmentation.
+
+"Contrast/brightness change (factor 1.4)" is our reading of the paper: under the one ``contrast`` switch
+(each part p=0.4), MONAI's ``RandScaleIntensityd(factors=0.4)`` multiplies intensities by 1 + f with
+f in [-0.4, 0.4] (brightness), and ``RandAdjustContrastd`` applies a gamma in [1/1.4, 1.4] (contrast).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from monai.transforms import (
+    Compose,
+    RandAdjustContrastd,
+    RandFlipd,
+    RandGaussianNoised,
+    RandLambdad,
+    RandRotated,
+    RandScaleIntensityd,
+)
+from monai.transforms.utils import equalize_hist
+
+AUGMENTATIONS = ("flip", "rotation", "noise", "contrast", "equalize")
+
+
+def equalize(img: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) float image -> histogram-equalised image mapped back onto the input's own value range.
+
+    MONAI ships ``HistogramNormalize`` (deterministic, fixed output range) but no random equalise;
+    ``RandLambdad`` supplies the probability and this keeps the z-scored range.
+    """
+    arr = torch.as_tensor(img).detach().cpu().numpy()
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        return img
+    scaled = (arr - lo) / (hi - lo) * 255.0
+    eq = equalize_hist(scaled, num_bins=256, min=0, max=255).astype(np.float32)
+    out = torch.as_tensor(eq / 255.0 * (hi - lo) + lo, dtype=torch.float32)
+    return out
+
+
+def resolve(names: str | Sequence[str] | None) -> list[str]:
+    """Normalise a config value (``"mix"``, ``"none"``, ``"flip"``, a list of names) into a list of names."""
+    if names is None:
+        return []
+    if isinstance(names, str):
+        names = [names]
+    out: list[str] = []
+    for name in names:
+        key = str(name).lower()
+        if key == "mix":
+            out.extend(a for a in AUGMENTATIONS if a not in out)
+        elif key == "none":
+            continue
+        elif key in AUGMENTATIONS:
+            if key not in out:
+                out.append(key)
+        else:
+            raise ValueError(f"unknown augmentation {name!r}; choose from {list(AUGMENTATIONS) + ['mix', 'none']}")
+    return out
+
+
+def build(names: str | Sequence[str] | None, image_key: str = "image", label_key: str = "label") -> Compose:
+    """Compose of 2D dictionary augmentations for (C, H, W) image/label slices, in the fixed order of
+    :data:`AUGMENTATIONS`. Geometric ones move image and label together; intensity ones touch the image only.
+    """
+    keys = [image_key, label_key]
+    parts = []
+    for name in resolve(names):
+        if name == "flip":
+            parts += [RandFlipd(keys, prob=0.5, spatial_axis=0), RandFlipd(keys, prob=0.5, spatial_axis=1)]
+        elif name == "rotation":
+            parts.append(RandRotated(keys, range_x=math.radians(30), prob=0.3, keep_size=True,
+                                     mode=("bilinear", "nearest"), padding_mode="border"))
+        elif name == "noise":
+            parts.append(RandGaussianNoised(image_key, prob=0.4, mean=0.0, std=0.1))
+        elif name == "contrast":
+            parts += [RandScaleIntensityd(image_key, factors=0.4, prob=0.4),
+                      RandAdjustContrastd(image_key, prob=0.4, gamma=(1 / 1.4, 1.4))]
+        elif name == "equalize":
+            parts.append(RandLambdad(image_key, func=equalize, prob=0.4))
+    return Compose(parts)
