@@ -1,0 +1,59 @@
+"""Glue the bundle's ``initialize`` step calls: make sure a cohort and its manifest exist, then load a split.
+
+On a fresh clone ``dataset_dir`` is empty, so the default SynthIXI cohort is generated there (deterministic:
+the committed ``data_manifests/synthixi_*.json`` describe exactly this cohort). A user with real data points
+``dataset_dir`` and ``datalist`` at it and nothing is generated.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from mrivol_monai.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def _has_images(folder: Path) -> bool:
+    return folder.is_dir() and any(p.name.endswith(NIFTI_SUFFIXES) for p in folder.iterdir())
+
+
+def ensure_dataset(dataset_dir: str | Path, datalist: str | Path, task: str = "brain",
+                   synthixi_subjects: int | None = None, synthixi_seed: int = 0,
+                   synthixi_geometry: str = "default", split_seed: int = 0) -> Path:
+    """Generate the SynthIXI cohort in ``dataset_dir`` if it holds no NIfTI files, and build ``datalist``
+    (a MONAI datalist JSON) from ``dataset_dir`` if it does not exist. Returns the datalist path.
+
+    ``synthixi_subjects`` None means the generator's default cohort size; ``synthixi_geometry`` is one of
+    the generator's grids ("default", "ixi", "tiny").
+    """
+    from mrivol_monai.data import manifests, synthetic
+
+    dataset_dir, datalist = Path(dataset_dir), Path(datalist)
+    if not _has_images(dataset_dir):
+        if dataset_dir.exists() and not dataset_dir.is_dir():
+            raise InputError(dataset_dir, "dataset_dir is not a directory")
+        n = synthetic.DEFAULT_N_SUBJECTS if synthixi_subjects is None else int(synthixi_subjects)
+        logger.info("no images in %s: generating the SynthIXI cohort (%d subjects, seed %d)", dataset_dir, n,
+                    synthixi_seed)
+        synthetic.generate_cohort(dataset_dir, n_subjects=n, seed=synthixi_seed, geometry=synthixi_geometry)
+    if not datalist.exists():
+        logger.info("building manifest %s from %s (task %s)", datalist, dataset_dir, task)
+        manifest = manifests.build_manifest(dataset_dir, task=task, seed=split_seed)
+        manifests.write_manifest(manifest, datalist)
+    return datalist
+
+
+def load_split(datalist: str | Path, split: str, dataset_dir: str | Path | None = None,
+               limit: int | None = None) -> list[dict]:
+    """Entries of one split (``training``, ``validation``, ``test``) with absolute paths under ``dataset_dir``.
+
+    ``limit`` keeps the first N entries (quick runs and tests).
+    """
+    from mrivol_monai.data import manifests
+
+    items = manifests.load_manifest(datalist, split, data_root=dataset_dir)
+    return items[: int(limit)] if limit else items
