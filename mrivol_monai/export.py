@@ -1,0 +1,194 @@
+"""Export a slice network to TorchScript or ONNX, run ONNX models with onnxruntime, and turn a trained
+bundle checkpoint into a shipped default (``mrivol_monai/weights/<task>_unet.pt`` + ``.json``).
+
+Every exported file carries its :class:`~mrivol_monai.weights.ModelSpec` as JSON (TorchScript: extra file
+``mrivol.json``; ONNX: metadata property ``mrivol``), so ``mrivol predict --model x.onnx`` knows the task,
+classes and preprocessing grid without a side file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mrivol_monai.errors import InputError
+from mrivol_monai.weights import WEIGHTS_DIR, ModelSpec, default_checkpoint, spec_from_bundle_config
+
+__all__ = [
+    "FORMATS",
+    "OnnxSegmenter",
+    "export_model",
+    "export_onnx",
+    "export_torchscript",
+    "export_weights",
+    "load_onnx",
+    "onnx_from_network",
+]
+
+FORMATS = ("torchscript", "onnx")
+SPEC_KEY = "mrivol"
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temp name next to ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _example(spec: ModelSpec, n: int = 2) -> torch.Tensor:
+    """(n, 1, H, W) zeros of the spec's slice size."""
+    return torch.zeros(n, 1, *spec.spatial_size[1:])
+
+
+def export_torchscript(net: nn.Module, spec: ModelSpec, path: str | os.PathLike) -> Path:
+    """Trace ``net`` ((N, 1, H, W) -> (N, C, H, W)) to TorchScript at ``path`` with the spec embedded."""
+    from monai.networks.utils import convert_to_torchscript
+
+    extra = {f"{SPEC_KEY}.json": json.dumps(spec.to_dict())}
+    return _write_atomic(Path(path), lambda tmp: convert_to_torchscript(
+        net.eval(), str(tmp), extra_files=extra, use_trace=True, inputs=[_example(spec)], verify=True,
+        device=torch.device("cpu"), rtol=1e-3, atol=1e-4))
+
+
+def onnx_from_network(net: nn.Module, spec: ModelSpec):
+    """ONNX ``ModelProto`` of ``net`` with a dynamic batch axis: input ``image`` (N, 1, H, W) ->
+    output ``logits`` (N, C, H, W), spec in metadata property ``mrivol``."""
+    from monai.networks.utils import convert_to_onnx
+
+    # the TorchScript-based exporter (dynamo=False): the dynamo one needs onnxscript, which we do not ship
+    model = convert_to_onnx(
+        net.eval(), [_example(spec)], input_names=["image"], output_names=["logits"],
+        dynamic_axes={"image": {0: "slices"}, "logits": {0: "slices"}}, use_trace=True, dynamo=False,
+        opset_version=17)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = SPEC_KEY, json.dumps(spec.to_dict())
+    return model
+
+
+def export_onnx(net: nn.Module, spec: ModelSpec, path: str | os.PathLike) -> Path:
+    """Write ``net`` as ONNX to ``path`` (see :func:`onnx_from_network`)."""
+    import onnx
+
+    model = onnx_from_network(net, spec)
+    return _write_atomic(Path(path), lambda tmp: onnx.save(model, str(tmp)))
+
+
+def export_model(net: nn.Module, spec: ModelSpec, fmt: str, path: str | os.PathLike) -> Path:
+    """Export to ``fmt`` (``torchscript`` or ``onnx``) at ``path``."""
+    if fmt not in FORMATS:
+        raise InputError(None, f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    return (export_torchscript if fmt == "torchscript" else export_onnx)(net, spec, path)
+
+
+class OnnxSegmenter:
+    """onnxruntime session behind the network call convention: (N, 1, H, W) tensor -> (N, C, H, W) logits.
+
+    Callable like an ``nn.Module``, so MONAI's ``SliceInferer`` can use it as the network.
+    """
+
+    def __init__(self, model: bytes | str | os.PathLike, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        source = model if isinstance(model, bytes) else str(model)
+        self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, H, W) -> (N, C, H, W) float32 logits."""
+        arr = np.ascontiguousarray(torch.as_tensor(x).detach().cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(self.session.run(None, {self.input_name: arr})[0])
+
+
+def load_onnx(path: str | os.PathLike, task: str | None = None, threads: int | None = None) -> tuple[OnnxSegmenter, ModelSpec]:
+    """Session and spec of an ONNX file written by :func:`export_onnx` (spec from its metadata, else a
+    ``<stem>.json`` next to it). A spec for another ``task`` raises :class:`InputError`."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "ONNX model not found")
+    try:
+        model = onnx.load(str(path))
+    except Exception as err:  # protobuf decode errors have no common public base class
+        raise InputError(path, f"not an ONNX model ({type(err).__name__})") from err
+    props = {p.key: p.value for p in model.metadata_props}
+    sidecar = path.with_suffix(".json")
+    if SPEC_KEY in props:
+        spec = ModelSpec.from_dict(json.loads(props[SPEC_KEY]), path)
+    elif sidecar.is_file():
+        spec = ModelSpec.from_dict(json.loads(sidecar.read_text()), sidecar)
+    else:
+        raise InputError(path, "ONNX model has no 'mrivol' metadata and no .json next to it (export it with `mrivol export`)")
+    if task is not None and spec.task != task:
+        raise InputError(path, f"model is for task {spec.task!r} ({spec.num_classes} classes), not {task!r}")
+    return OnnxSegmenter(model.SerializeToString(), threads), spec
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_weights(task: str, checkpoint: str | os.PathLike, config: str | os.PathLike = "bundle/configs/train.json",
+                   out_dir: str | os.PathLike = WEIGHTS_DIR, note: str = "") -> tuple[Path, Path]:
+    """Make a shipped default from a trained bundle checkpoint: ``<out_dir>/<task>_unet.pt``
+    (``{"model": state_dict, "meta": spec}``) and ``<task>_unet.json`` (the spec).
+
+    The spec (network, grid, depth axis) is read from ``config`` with ``task`` (and its ``num_classes``)
+    overriding the config's; the weights must load strictly into that network. ``produced_by`` records the
+    command line, the source checkpoint and its SHA-256, and ``note``.
+    """
+    from mrivol_monai.weights import build_network
+
+    checkpoint = Path(checkpoint)
+    spec = spec_from_bundle_config(config, task)
+    try:
+        raw = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as err:  # see weights.load_model
+        raise InputError(checkpoint, f"not a loadable torch checkpoint ({type(err).__name__})") from err
+    state = raw.get("model", raw) if isinstance(raw, dict) else raw
+    net = build_network(spec.network_def, config)
+    try:
+        net.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise InputError(checkpoint, f"weights do not fit the {task} network of {config}: "
+                                     f"{str(err).strip().splitlines()[-1][:200]}") from err
+    spec.produced_by = {
+        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "config": str(config),
+        "source_checkpoint": str(checkpoint),
+        "source_sha256": _sha256(checkpoint),
+        "note": note,
+    }
+    out_dir = Path(out_dir)
+    pt_path = out_dir / default_checkpoint(task).name
+    json_path = pt_path.with_suffix(".json")
+    state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    _write_atomic(pt_path, lambda tmp: torch.save({"model": state, "meta": spec.to_dict()}, tmp))
+    _write_atomic(json_path, lambda tmp: tmp.write_text(json.dumps(spec.to_dict(), indent=2) + "\n"))
+    return pt_path, json_path

@@ -1,0 +1,219 @@
+"""Checkpoints for inference: the shipped defaults, what each one is for (its :class:`ModelSpec`), and
+loading any checkpoint, bundle or shipped default into a network with ``torch.load(weights_only=True)``.
+
+A checkpoint is the ``{"model": state_dict}`` dict MONAI's ``CheckpointSaver`` writes; the shipped ones
+(``<task>_unet.pt``) add ``"meta"``: the :class:`ModelSpec` as plain JSON types, also written next to
+them as ``<task>_unet.json``. A checkpoint without a spec is described by, in this order: a JSON file
+with the same stem next to it, the ``configs/train.json`` of the bundle it sits in, or the shipped
+default spec of the task (the network the bundle trains by default).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mrivol_monai.data.manifests import TASK_LABELS
+from mrivol_monai.errors import InputError
+
+__all__ = [
+    "DEFAULT_NETWORK_DEF",
+    "ModelSpec",
+    "WEIGHTS_DIR",
+    "build_network",
+    "default_checkpoint",
+    "load_model",
+    "read_spec",
+    "spec_from_bundle_config",
+    "task_spec",
+]
+
+WEIGHTS_DIR = Path(__file__).resolve().parent
+
+# What bundle/configs/train.json trains by default; used when a bare checkpoint comes with no description.
+DEFAULT_NETWORK_DEF: dict[str, Any] = {
+    "_target_": "mrivol_monai.networks.UNet2d", "in_channels": 1, "ed_blocks": 4, "width": 16,
+}
+DEFAULT_SPATIAL_SIZE = [40, 128, 128]
+DEFAULT_DEPTH_AXIS = "axial"
+
+
+@dataclass
+class ModelSpec:
+    """What a checkpoint segments and how its inputs were prepared.
+
+    ``class_names`` has ``num_classes`` entries, index = label value (0 = background). ``network_def`` is
+    a bundle-style ``{"_target_": "mrivol_monai.networks.<Net>", **kwargs}`` with ``out_channels`` set.
+    ``spatial_size`` is the preprocessed (D, H, W) grid; D is cut along ``depth_axis``.
+    """
+
+    task: str
+    num_classes: int
+    class_names: list[str]
+    network_def: dict[str, Any]
+    spatial_size: list[int] = field(default_factory=lambda: list(DEFAULT_SPATIAL_SIZE))
+    depth_axis: str = DEFAULT_DEPTH_AXIS
+    produced_by: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types (safe inside a ``weights_only`` checkpoint)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str | os.PathLike) -> "ModelSpec":
+        """Validate a spec read from ``source`` (JSON or checkpoint ``meta``); :class:`InputError` if malformed."""
+        if not isinstance(raw, dict):
+            raise InputError(source, "model description must be a JSON object")
+        missing = [k for k in ("task", "num_classes", "network_def") if k not in raw]
+        if missing:
+            raise InputError(source, f"model description lacks {', '.join(missing)}")
+        task, num_classes = str(raw["task"]), int(raw["num_classes"])
+        names = raw.get("class_names") or list(TASK_LABELS.get(task, {}).values()) or \
+            ["background"] + [f"class{i}" for i in range(1, num_classes)]
+        if len(names) != num_classes:
+            raise InputError(source, f"{len(names)} class_names for {num_classes} classes")
+        net = dict(raw["network_def"])
+        net["out_channels"] = num_classes
+        size = [int(s) for s in raw.get("spatial_size", DEFAULT_SPATIAL_SIZE)]
+        if len(size) != 3:
+            raise InputError(source, f"spatial_size must be (D, H, W), got {size}")
+        return cls(task, num_classes, [str(n) for n in names], net, size,
+                   str(raw.get("depth_axis", DEFAULT_DEPTH_AXIS)), dict(raw.get("produced_by") or {}))
+
+
+def task_spec(task: str, network_def: dict[str, Any] | None = None, **kwargs: Any) -> ModelSpec:
+    """Spec of ``task`` (``brain``, ``subcortical``) with the default network unless ``network_def`` is given."""
+    if task not in TASK_LABELS:
+        raise InputError(None, f"unknown task {task!r}; expected one of {', '.join(TASK_LABELS)}")
+    names = list(TASK_LABELS[task].values())
+    net = dict(DEFAULT_NETWORK_DEF if network_def is None else network_def)
+    return ModelSpec.from_dict({"task": task, "num_classes": len(names), "class_names": names,
+                                "network_def": net, **kwargs}, "<defaults>")
+
+
+def default_checkpoint(task: str) -> Path:
+    """Path of the shipped checkpoint of ``task`` (may not exist before ``mrivol export-weights`` ran)."""
+    return WEIGHTS_DIR / f"{task}_unet.pt"
+
+
+def build_network(network_def: dict[str, Any], source: str | os.PathLike = "network_def") -> nn.Module:
+    """Instantiate ``{"_target_": ..., **kwargs}``, accepting only the networks of ``mrivol_monai.networks``.
+
+    Not MONAI's ``ConfigParser``: a spec travels inside checkpoints, and a ``_target_`` there must not be
+    able to call arbitrary code (which would undo ``weights_only=True``).
+    """
+    from mrivol_monai import networks
+
+    kwargs = dict(network_def)
+    target = str(kwargs.pop("_target_", kwargs.pop("name", "")))
+    name = target.rsplit(".", 1)[-1]
+    allowed = {cls.__name__: cls for cls in networks.NETWORKS.values()}
+    if not (target in (name, f"mrivol_monai.networks.{name}") and name in allowed):
+        raise InputError(source, f"network_def _target_ {target!r} is not one of mrivol_monai.networks."
+                                 f"{{{', '.join(sorted(allowed))}}}")
+    try:
+        return allowed[name](**kwargs)
+    except (TypeError, ValueError) as err:
+        raise InputError(source, f"cannot build {name}({kwargs}): {err}") from err
+
+
+def spec_from_bundle_config(config: str | os.PathLike, task: str | None = None) -> ModelSpec:
+    """Spec from a bundle's ``train.json`` (its ``task``, ``num_classes``, ``network_def``, ``spatial_size``,
+    ``depth_axis``); ``task`` overrides the config's task and sets ``num_classes`` to match it."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    try:
+        parser.read_config(str(config))
+    except (OSError, ValueError) as err:
+        raise InputError(config, f"cannot read bundle config: {err}") from err
+    if task is not None:
+        parser["task"] = task
+        parser["num_classes"] = len(TASK_LABELS.get(task, {})) or parser["num_classes"]
+    raw = {}
+    for key in ("task", "num_classes", "spatial_size", "depth_axis"):
+        if key in parser:
+            raw[key] = parser.get_parsed_content(key)
+    net = parser.get_parsed_content("network_def", instantiate=False)
+    raw["network_def"] = {k: v for k, v in dict(net).items()}
+    raw["produced_by"] = {"config": str(config)}
+    return ModelSpec.from_dict(raw, config)
+
+
+def read_spec(path: str | os.PathLike, checkpoint: dict | None = None, task: str | None = None,
+              num_classes: int | None = None) -> ModelSpec:
+    """Spec of the checkpoint at ``path``: its embedded ``meta``, else ``<stem>.json`` next to it, else the
+    ``configs/train.json`` of the bundle it is in (``<bundle>/models/<file>``), else the default network of
+    the task that has ``num_classes`` classes (``task`` if none has)."""
+    path = Path(path)
+    if checkpoint is not None and isinstance(checkpoint.get("meta"), dict):
+        return ModelSpec.from_dict(checkpoint["meta"], path)
+    sidecar = path.with_suffix(".json")
+    if sidecar.is_file():
+        try:
+            return ModelSpec.from_dict(json.loads(sidecar.read_text()), sidecar)
+        except json.JSONDecodeError as err:
+            raise InputError(sidecar, f"not valid JSON: {err}") from err
+    bundle_config = path.parent.parent / "configs" / "train.json"
+    if path.parent.name == "models" and bundle_config.is_file():
+        return spec_from_bundle_config(bundle_config, task)
+    by_classes = [t for t, labels in TASK_LABELS.items() if len(labels) == num_classes]
+    return task_spec(by_classes[0] if by_classes else task or "brain")
+
+
+def _state_dict(checkpoint: Any, path: Path) -> dict[str, torch.Tensor]:
+    sd = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise InputError(path, "checkpoint holds no state dict (expected {'model': state_dict} or a state dict)")
+    return sd
+
+
+def _output_classes(sd: dict[str, torch.Tensor]) -> int:
+    """Out channels of the last conv in the state dict (the segmentation head)."""
+    return int([v for v in sd.values() if v.ndim >= 4][-1].shape[0])
+
+
+def load_model(model: str | os.PathLike | None = None, task: str | None = None) -> tuple[nn.Module, ModelSpec]:
+    """Network in eval mode plus its spec, from ``model`` (a ``.pt`` checkpoint, or a bundle folder with
+    ``models/model.pt``), or the shipped default of ``task`` when ``model`` is None.
+
+    ``task`` None means: the checkpoint's own task (``brain`` for the shipped default). A checkpoint whose
+    task or number of classes differs from ``task`` raises :class:`InputError`.
+    """
+    if model is None:
+        path = default_checkpoint(task or "brain")
+        if not path.is_file():
+            raise InputError(path, f"no default {task or 'brain'} checkpoint is shipped in this install; pass "
+                                   "--model, or create it with `mrivol export-weights`")
+    else:
+        path = Path(model)
+        if path.is_dir():
+            path = path / "models" / "model.pt"
+        if not path.is_file():
+            raise InputError(path, "checkpoint not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and torch errors all mean "not a checkpoint we can read safely"
+        raise InputError(path, f"not a loadable torch checkpoint ({type(err).__name__}: {str(err).splitlines()[0]})") from err
+    sd = _state_dict(checkpoint, path)
+    classes = _output_classes(sd)
+    spec = read_spec(path, checkpoint if isinstance(checkpoint, dict) else None, task, classes)
+    wanted = task or spec.task
+    if wanted not in TASK_LABELS:
+        raise InputError(None, f"unknown task {wanted!r}; expected one of {', '.join(TASK_LABELS)}")
+    if spec.task != wanted or classes != len(TASK_LABELS[wanted]) or spec.num_classes != classes:
+        raise InputError(path, f"checkpoint is for task {spec.task!r} ({classes} output classes), not "
+                               f"{wanted!r} ({len(TASK_LABELS[wanted])} classes)")
+    net = build_network(spec.network_def, path)
+    try:
+        net.load_state_dict(sd, strict=True)
+    except RuntimeError as err:
+        detail = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise InputError(path, f"weights do not fit {spec.network_def}: {detail[-1][:200]}") from err
+    return net.eval(), spec

@@ -1,0 +1,298 @@
+"""mrivol predict: native-space masks and volumes, bad inputs, atomic volumes.csv, export backends, bundle run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.transforms import Compose, CropForegroundd, LoadImaged, Orientationd, Resized
+from torch import nn
+
+from mrivol_monai.cli import main
+from mrivol_monai.networks import UNet2d
+from mrivol_monai.predict import Predictor, append_csv_row, find_scans, predict
+from mrivol_monai.transforms import depth_axcodes, head_foreground
+from mrivol_monai.weights import load_model, task_spec
+
+REPO = Path(__file__).resolve().parents[1]
+SPATIAL = [8, 16, 16]  # preprocessed (D, H, W) grid of the tiny test models
+ZOOMS_SPL = (3.0, 1.2, 0.9)  # mm along S, P, L: anisotropic
+STORED_AXCODES = ("A", "I", "R")  # how the test files are stored: neither RAS nor the depth-first SPL
+
+
+def to_stored(array_spl: np.ndarray, affine_spl: np.ndarray, axcodes=STORED_AXCODES) -> tuple[np.ndarray, np.ndarray]:
+    """Re-store an SPL-ordered array under ``axcodes`` (nibabel does the bookkeeping), affine to match."""
+    ornt = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("SPL"), nib.orientations.axcodes2ornt(axcodes))
+    stored = nib.orientations.apply_orientation(array_spl, ornt)
+    affine = affine_spl @ nib.orientations.inv_ornt_aff(ornt, array_spl.shape)
+    assert nib.aff2axcodes(affine) == tuple(axcodes)
+    return np.ascontiguousarray(stored), affine
+
+
+def spl_affine(origin=(-20.0, 15.0, 30.0)) -> np.ndarray:
+    """Voxel -> RAS for an SPL array: +i goes superior, +j posterior, +k left."""
+    affine = np.zeros((4, 4))
+    affine[2, 0], affine[1, 1], affine[0, 2] = ZOOMS_SPL[0], -ZOOMS_SPL[1], -ZOOMS_SPL[2]
+    affine[:3, 3], affine[3, 3] = origin, 1.0
+    return affine
+
+
+def aligned_scan(seed: int = 0, num_classes: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image, label, affine) stored non-RAS, built so that preprocessing is an exact 2x decimation.
+
+    In SPL order the head is a box whose crop (box + the 2-voxel margin) is exactly 2 x SPATIAL, and the
+    label is constant on the 2x2x2 blocks of that crop: the native-space round trip then loses nothing.
+    """
+    rng = np.random.default_rng(seed)
+    crop = [2 * s for s in SPATIAL]
+    shape, start = (crop[0] + 6, crop[1] + 5, crop[2] + 7), (3, 2, 4)
+    image = np.zeros(shape, np.float32)
+    label = np.zeros(shape, np.uint8)
+    head = tuple(slice(a + 2, a + c - 2) for a, c in zip(start, crop))
+    image[head] = rng.uniform(60, 140, size=[c - 4 for c in crop])
+    blocks = rng.integers(0, num_classes, size=SPATIAL).astype(np.uint8)
+    fine = blocks.repeat(2, 0).repeat(2, 1).repeat(2, 2)
+    inside = np.zeros(crop, bool)
+    inside[2:-2, 2:-2, 2:-2] = True
+    region = tuple(slice(a, a + c) for a, c in zip(start, crop))
+    label[region] = np.where(inside, fine, 0)
+    image[label > 0] += 30.0 * label[label > 0]
+    stored_image, affine = to_stored(image, spl_affine())
+    stored_label, _ = to_stored(label, spl_affine())
+    return stored_image, stored_label, affine
+
+
+def ellipsoid_scan(shape=(30, 44, 38), seed: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image, label, affine): an ellipsoidal head with a smaller ellipsoid label, stored non-RAS."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
+    r_head = np.sqrt(((grid / np.array([0.8, 0.85, 0.8])[:, None, None, None]) ** 2).sum(0))
+    r_brain = np.sqrt(((grid / np.array([0.55, 0.6, 0.5])[:, None, None, None]) ** 2).sum(0))
+    image = np.where(r_head < 1, 80.0, 0.0) + np.where(r_brain < 1, 40.0, 0.0) + rng.normal(0, 2, shape)
+    label = (r_brain < 1).astype(np.uint8)
+    stored_image, affine = to_stored(np.abs(image).astype(np.float32), spl_affine())
+    stored_label, _ = to_stored(label, spl_affine())
+    return stored_image, stored_label, affine
+
+
+def save(path: Path, array: np.ndarray, affine: np.ndarray) -> Path:
+    image = nib.Nifti1Image(array, affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    nib.save(image, path)
+    return path
+
+
+class Oracle(nn.Module):
+    """Returns fixed logits: the preprocessed one-hot label of a scan, as a perfect network would."""
+
+    def __init__(self, onehot: torch.Tensor) -> None:  # (C, D, H, W)
+        super().__init__()
+        self.logits = 10.0 * onehot.permute(1, 0, 2, 3).float()  # (D, C, H, W): one slice per row
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.shape[0] == self.logits.shape[0], "SliceInferer should pass all D slices at once"
+        return self.logits
+
+
+def oracle_for(image_path: Path, label_path: Path, num_classes: int, spatial=SPATIAL) -> Oracle:
+    """Preprocess the label the way train.json does (orientation, head crop from the image, nearest resize)."""
+    keys = ["image", "label"]
+    prep = Compose([
+        LoadImaged(keys, ensure_channel_first=True, image_only=True),
+        Orientationd(keys, axcodes=depth_axcodes("axial"), labels=None),
+        CropForegroundd(keys, source_key="image", select_fn=head_foreground, margin=2),
+        Resized(keys, spatial_size=spatial, mode=["area", "nearest-exact"]),
+    ])
+    label = torch.as_tensor(prep({"image": str(image_path), "label": str(label_path)})["label"])[0].long()
+    return Oracle(torch.nn.functional.one_hot(label, num_classes).permute(3, 0, 1, 2))
+
+
+def voxel_ml(affine: np.ndarray) -> float:
+    return abs(np.linalg.det(affine[:3, :3])) / 1000.0
+
+
+def test_oracle_mask_is_exact_on_native_non_ras_anisotropic_grid(tmp_path):
+    image, label, affine = aligned_scan(num_classes=3)
+    img_path = save(tmp_path / "scan1.nii.gz", image, affine)
+    lab_path = save(tmp_path / "scan1_label.nii.gz", label, affine)
+    spec = task_spec("brain", spatial_size=SPATIAL)
+    spec.num_classes, spec.class_names = 3, ["background", "a", "b"]
+    predictor = Predictor(oracle_for(img_path, lab_path, 3), spec)
+
+    result = predict([img_path], tmp_path / "out", predictor=predictor, progress=False)
+
+    assert not result.failed
+    written = nib.load(tmp_path / "out" / "scan1_seg.nii.gz")
+    source = nib.load(img_path)
+    assert written.shape == source.shape == label.shape
+    assert np.array_equal(written.affine, source.affine)
+    assert nib.aff2axcodes(written.affine) == STORED_AXCODES
+    mask = np.asarray(written.dataobj)
+    assert np.array_equal(mask, label)  # every voxel back in place through orientation, crop and resize
+    rows = list(csv.DictReader(open(tmp_path / "out" / "volumes.csv")))
+    assert [r["scan"] for r in rows] == ["scan1"]
+    for c, name in ((1, "a"), (2, "b")):
+        truth = np.count_nonzero(label == c) * voxel_ml(affine)
+        assert truth > 0.5
+        assert float(rows[0][f"{name}_ml"]) == pytest.approx(truth, abs=1e-3)
+    png = (tmp_path / "out" / "scan1_qc.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_oracle_volume_within_two_percent_when_grids_do_not_align(tmp_path):
+    image, label, affine = ellipsoid_scan()
+    img_path = save(tmp_path / "e.nii.gz", image, affine)
+    lab_path = save(tmp_path / "e_label.nii.gz", label, affine)
+    spatial = [16, 32, 32]
+    predictor = Predictor(oracle_for(img_path, lab_path, 2, spatial), task_spec("brain", spatial_size=spatial))
+    seg = predictor.segment(img_path)
+    truth = np.count_nonzero(label) * voxel_ml(affine)
+    assert seg.mask.shape == label.shape
+    assert seg.volumes["brain"] == pytest.approx(truth, rel=0.02)
+    dice = 2 * np.count_nonzero(seg.mask & label) / (np.count_nonzero(seg.mask) + np.count_nonzero(label))
+    assert dice > 0.95
+
+
+def tiny_checkpoint(path: Path, task: str = "brain", seed: int = 0, meta: bool = True) -> Path:
+    """A width-4 UNet checkpoint ({"model": state_dict, "meta": spec}) for the SPATIAL grid."""
+    spec = task_spec(task, {"_target_": "mrivol_monai.networks.UNet2d", "in_channels": 1, "ed_blocks": 2, "width": 4},
+                     spatial_size=SPATIAL)
+    torch.manual_seed(seed)
+    net = UNet2d(1, spec.num_classes, ed_blocks=2, width=4)
+    with torch.no_grad():  # a bias towards class 1 so the random net marks a sizeable part of the head
+        net.head.conv.bias.copy_(torch.linspace(0.0, 0.5, spec.num_classes))
+    payload = {"model": net.state_dict(), "meta": spec.to_dict()} if meta else {"model": net.state_dict()}
+    torch.save(payload, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory) -> dict[str, Path]:
+    """Good and bad inputs: two good NIfTI scans, then each kind of bad input of the issue."""
+    d = tmp_path_factory.mktemp("scans")
+    image, _, affine = ellipsoid_scan(shape=(18, 36, 34))
+    out = {"good1": save(d / "good1.nii.gz", image, affine), "good2": save(d / "good2.nii", image[::-1].copy(), affine)}
+    out["missing"] = d / "missing.nii.gz"
+    out["text"] = d / "notes.txt"
+    out["text"].write_text("not an image\n")
+    out["flat2d"] = save(d / "flat2d.nii.gz", image[:, :, 5], affine)
+    out["four_d"] = save(d / "four_d.nii.gz", np.stack([image] * 3, axis=-1), affine)
+    out["zeros"] = save(d / "zeros.nii.gz", np.zeros_like(image), affine)
+    nan = image.copy()
+    nan[3, 4, 5] = np.nan
+    out["nan"] = save(d / "nan.nii.gz", nan, affine)
+    dicom = d / "bad_dicom"
+    dicom.mkdir()
+    for i in range(3):
+        (dicom / f"IM{i:04d}.dcm").write_bytes(b"DICM" + os.urandom(300))
+    out["bad_dicom"] = dicom
+    return out
+
+
+BAD_INPUTS = {
+    "missing": "no such file",
+    "text": "cannot read",
+    "flat2d": "expected a single 3D image",
+    "four_d": "expected a single 3D image",
+    "zeros": "constant",
+    "nan": "NaN",
+    "bad_dicom": "cannot read as a DICOM series",
+}
+
+
+def test_cli_reports_each_bad_input_on_one_line_and_finishes_the_others(tmp_path, scans, capsys):
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
+    order = ["good1", *BAD_INPUTS, "good2"]
+    status = main(["predict", *[str(scans[k]) for k in order], "--out", str(tmp_path / "out"), "--model", str(ckpt),
+                   "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 1
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == len(BAD_INPUTS)
+    for line, key in zip(lines, BAD_INPUTS):
+        assert str(scans[key]) in line and BAD_INPUTS[key] in line, line
+    assert "Traceback" not in err
+    rows = list(csv.DictReader(open(tmp_path / "out" / "volumes.csv")))
+    assert [r["scan"] for r in rows] == ["good1", "good2"]
+    for r in rows:
+        mask = nib.load(r["mask"])
+        assert mask.shape == nib.load(scans[r["scan"]]).shape
+        counted = np.count_nonzero(np.asarray(mask.dataobj) == 1) * voxel_ml(mask.affine)
+        assert float(r["brain_ml"]) == pytest.approx(counted, abs=1e-3)
+        assert counted > 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        ["volumes.csv", "good1_seg.nii.gz", "good1_qc.png", "good2_seg.nii.gz", "good2_qc.png"])
+
+
+def test_checkpoint_for_another_task_and_unwritable_out_fail_up_front(tmp_path, scans, capsys):
+    brain = tiny_checkpoint(tmp_path / "brain.pt")
+    bare = tmp_path / "bare_sub.pt"  # no spec: the default network with 5 output channels
+    torch.save({"model": UNet2d(1, 5, ed_blocks=4, width=16).state_dict()}, bare)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    cases = [
+        (["--model", str(brain), "--task", "subcortical", "--out", str(tmp_path / "o1")],
+         f"error: {brain}: checkpoint is for task 'brain' (2 output classes), not 'subcortical' (5 classes)"),
+        (["--model", str(bare), "--task", "brain", "--out", str(tmp_path / "o2")],
+         f"error: {bare}: checkpoint is for task 'subcortical' (5 output classes), not 'brain' (2 classes)"),
+        (["--model", str(brain), "--out", str(blocker / "sub")], f"error: {blocker / 'sub'}: output folder is not writable"),
+    ]
+    for extra, expected in cases:
+        assert main(["predict", str(scans["good1"]), "--quiet", *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(expected) and "\n" not in err, err
+    net, spec = load_model(bare)  # with no task asked for, the 5 channels say subcortical
+    assert (spec.task, spec.class_names[1:]) == ("subcortical", ["thalamus", "caudate", "putamen", "amygdala"])
+
+
+def test_volumes_csv_keeps_finished_rows_when_a_later_scan_crashes(tmp_path, scans):
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
+    predictor = Predictor.from_model(ckpt)
+    segment, calls = predictor.segment, []
+
+    def crash_on_third(path):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # not an Exception: predict must not swallow it
+        return segment(path)
+
+    predictor.segment = crash_on_third
+    with pytest.raises(KeyboardInterrupt):
+        predict([scans["good1"], scans["good2"], scans["good1"]], tmp_path / "out", predictor=predictor,
+                progress=False, qc=False)
+    rows = list(csv.DictReader(open(tmp_path / "out" / "volumes.csv")))
+    assert [r["scan"] for r in rows] == ["good1", "good2"]
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_append_csv_row_refuses_a_csv_of_another_task(tmp_path):
+    path = tmp_path / "v.csv"
+    append_csv_row(path, ["scan", "brain_ml"], {"scan": "a", "brain_ml": "1.5"})
+    append_csv_row(path, ["scan", "brain_ml"], {"scan": "b", "brain_ml": "2.5"})
+    assert path.read_text() == "scan,brain_ml\na,1.5\nb,2.5\n"
+    with pytest.raises(ValueError, match="another task"):
+        append_csv_row(path, ["scan", "thalamus_ml"], {"scan": "c", "thalamus_ml": "1"})
+
+
+def test_find_scans_expands_folders_and_keeps_ids_unique(tmp_path):
+    for name in ("b.nii.gz", "a.nii", "readme.txt"):
+        (tmp_path / "nifti" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "nifti" / name).write_bytes(b"")
+    for sub in ("s1", "s2"):
+        (tmp_path / "dicoms" / sub).mkdir(parents=True)
+        (tmp_path / "dicoms" / sub / "IM0001.dcm").write_bytes(b"")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "a.nii.gz").write_bytes(b"")
+    found = find_scans([tmp_path / "nifti", tmp_path / "dicoms", tmp_path / "other" / "a.nii.gz"])
+    assert [(Path(f["image"]).relative_to(tmp_path).as_posix(), f["scan"]) for f in found] == [
+        ("nifti/a.nii", "a"), ("nifti/b.nii.gz", "b"), ("dicoms/s1", "s1"), ("dicoms/s2", "s2"),
+        ("other/a.nii.gz", "a-2")]
