@@ -8,13 +8,15 @@ classes and preprocessing grid without a side file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shlex
 import sys
 import tempfile
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +56,18 @@ def _write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _quiet_tracing() -> Iterator[None]:
+    """Silence the tracer's notes on the networks' input-size checks (constant for a fixed slice size) and
+    the legacy exporter's deprecation notices; real export failures still raise."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        yield
+
+
 def _example(spec: ModelSpec, n: int = 2) -> torch.Tensor:
     """(n, 1, H, W) zeros of the spec's slice size."""
     return torch.zeros(n, 1, *spec.spatial_size[1:])
@@ -64,9 +78,10 @@ def export_torchscript(net: nn.Module, spec: ModelSpec, path: str | os.PathLike)
     from monai.networks.utils import convert_to_torchscript
 
     extra = {f"{SPEC_KEY}.json": json.dumps(spec.to_dict())}
-    return _write_atomic(Path(path), lambda tmp: convert_to_torchscript(
-        net.eval(), str(tmp), extra_files=extra, use_trace=True, inputs=[_example(spec)], verify=True,
-        device=torch.device("cpu"), rtol=1e-3, atol=1e-4))
+    with _quiet_tracing():
+        return _write_atomic(Path(path), lambda tmp: convert_to_torchscript(
+            net.eval(), str(tmp), extra_files=extra, use_trace=True, inputs=[_example(spec)], verify=True,
+            device=torch.device("cpu"), rtol=1e-3, atol=1e-4))
 
 
 def onnx_from_network(net: nn.Module, spec: ModelSpec):
@@ -75,10 +90,11 @@ def onnx_from_network(net: nn.Module, spec: ModelSpec):
     from monai.networks.utils import convert_to_onnx
 
     # the TorchScript-based exporter (dynamo=False): the dynamo one needs onnxscript, which we do not ship
-    model = convert_to_onnx(
-        net.eval(), [_example(spec)], input_names=["image"], output_names=["logits"],
-        dynamic_axes={"image": {0: "slices"}, "logits": {0: "slices"}}, use_trace=True, dynamo=False,
-        opset_version=17)
+    with _quiet_tracing():
+        model = convert_to_onnx(
+            net.eval(), [_example(spec)], input_names=["image"], output_names=["logits"],
+            dynamic_axes={"image": {0: "slices"}, "logits": {0: "slices"}}, use_trace=True, dynamo=False,
+            opset_version=17)
     entry = model.metadata_props.add()
     entry.key, entry.value = SPEC_KEY, json.dumps(spec.to_dict())
     return model

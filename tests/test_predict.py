@@ -162,14 +162,15 @@ def test_oracle_volume_within_two_percent_when_grids_do_not_align(tmp_path):
     assert dice > 0.95
 
 
-def tiny_checkpoint(path: Path, task: str = "brain", seed: int = 0, meta: bool = True) -> Path:
-    """A width-4 UNet checkpoint ({"model": state_dict, "meta": spec}) for the SPATIAL grid."""
+def tiny_checkpoint(path: Path, task: str = "brain", seed: int = 0, meta: bool = True, bias: float = 0.5) -> Path:
+    """A width-4 UNet checkpoint ({"model": state_dict, "meta": spec}) for the SPATIAL grid; its head bias
+    rises linearly from 0 (background) to ``bias`` (last class)."""
     spec = task_spec(task, {"_target_": "mrivol_monai.networks.UNet2d", "in_channels": 1, "ed_blocks": 2, "width": 4},
                      spatial_size=SPATIAL)
     torch.manual_seed(seed)
     net = UNet2d(1, spec.num_classes, ed_blocks=2, width=4)
     with torch.no_grad():  # a bias towards class 1 so the random net marks a sizeable part of the head
-        net.head.conv.bias.copy_(torch.linspace(0.0, 0.5, spec.num_classes))
+        net.head.conv.bias.copy_(torch.linspace(0.0, bias, spec.num_classes))
     payload = {"model": net.state_dict(), "meta": spec.to_dict()} if meta else {"model": net.state_dict()}
     torch.save(payload, path)
     return path

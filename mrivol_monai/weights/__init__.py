@@ -140,8 +140,7 @@ def spec_from_bundle_config(config: str | os.PathLike, task: str | None = None) 
     for key in ("task", "num_classes", "spatial_size", "depth_axis"):
         if key in parser:
             raw[key] = parser.get_parsed_content(key)
-    net = parser.get_parsed_content("network_def", instantiate=False)
-    raw["network_def"] = {k: v for k, v in dict(net).items()}
+    raw["network_def"] = {k: parser.get_parsed_content(f"network_def#{k}") for k in parser["network_def"]}
     raw["produced_by"] = {"config": str(config)}
     return ModelSpec.from_dict(raw, config)
 
