@@ -10,22 +10,24 @@ above it (the classic bilinear UNet: the bilinear factor halves the deepest chan
 upsampling adds no channels of its own). Each decoder double conv maps the concatenation
 (2c) through c to c/2 channels (to ``width`` at the top).
 
-Parameters with ``width=64``, ``in_channels=1``, ``out_channels=2`` (``count_parameters``):
+Parameters with ``width=64``, ``in_channels=1``, ``out_channels=2`` (``count_parameters``), against
+paper table 2:
 
-============  ==============  =================  =====================================
-ed_blocks     ours            paper table 2      note
-============  ==============  =================  =====================================
-2             222,658         403k               no single design fits the paper's rows
-3             1,034,818       4.3M               2..4 (their 4.3M is our ed_blocks=4,
-4             4,281,154       8.8M               their 8.8M lies between 4 and 5)
-5             17,261,890      17.3M              within 0.3 %
-6             69,175,618      69.2M              within 0.1 %
-7             276,812,098     276.8M             within 0.01 %
-============  ==============  =================  =====================================
+=========  ============  ======
+ed_blocks  ours          paper
+=========  ============  ======
+2          222,658       403k
+3          1,034,818     4.3M
+4          4,281,154     8.8M
+5          17,261,890    17.3M
+6          69,175,618    69.2M
+7          276,812,098   276.8M
+=========  ============  ======
 
-The paper's rows 2..4 do not grow by the x4 per level that any width-doubling UNet gives, so we
-keep one consistent design that reproduces rows 5..7 (the paper-size net is ed_blocks=5) and report
-our own counts for 2..4 rather than inventing per-row layouts.
+Rows 5..7 agree within 0.3 % (the paper-size net is ed_blocks=5). Rows 2..4 fit no single design:
+any width-doubling UNet grows about x4 per level, while the paper's rows grow x10.7, x2.0, x2.0
+(their 4.3M is our ed_blocks=4, their 8.8M lies between our 4 and 5). We keep one consistent
+design and report our own counts for 2..4 instead of inventing a layout per row.
 """
 
 from __future__ import annotations
