@@ -1,0 +1,167 @@
+"""End-to-end time and memory of ``mrivol predict`` on one IXI-size scan, per model and backend.
+
+Builds an IXI-size SynthIXI scan (256x256x150 int16 .nii.gz, 0.94x0.94x1.2 mm), then times
+``Predictor.segment``: load -> preprocess -> 40 slices through the net -> stack -> ``Invertd`` onto the
+native 256x256x150 grid -> argmax -> volumes (mask/QC writing excluded). Each configuration runs in its
+own subprocess (peak RSS of one does not hide the next); one warm-up, then the median of ``--runs``.
+
+Configurations: the default model (UNet2d, 4 ED blocks, width 16: the shipped checkpoint if present,
+otherwise the same network with random weights; time does not depend on the weights) on the torch and
+onnx backends, the paper-size UNet2d (5 ED blocks, width 64), and MONAI's 3D UNet (``unet3d``) on the
+same pipeline with the grid resized to 48x128x128 (its 4 stride-2 levels need sides divisible by 16).
+
+    python benchmarks/inference_speed.py            # 5 runs each
+    python benchmarks/inference_speed.py --runs 7 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CONFIGS = {
+    "default-torch": ("default", "torch"),
+    "default-onnx": ("default", "onnx"),
+    "paper-unet-torch": ("paper", "torch"),
+    "unet3d-torch": ("unet3d", "torch"),
+}
+NETWORKS = {
+    "default": {"_target_": "mrivol_monai.networks.UNet2d", "in_channels": 1, "ed_blocks": 4, "width": 16},
+    "paper": {"_target_": "mrivol_monai.networks.UNet2d", "in_channels": 1, "ed_blocks": 5, "width": 64},
+}
+
+
+def make_scan(folder: Path, seed: int) -> Path:
+    """Write (once) the IXI-geometry SynthIXI subject 1 of ``seed`` as int16 NIfTI; return its path."""
+    import nibabel as nib
+    import numpy as np
+
+    from mrivol_monai.data.synthetic import generate_subject
+
+    path = folder / f"ixi_size_seed{seed}.nii.gz"
+    if not path.exists():
+        subject = generate_subject(1, "Guys", seed=seed, geometry="ixi")
+        image = nib.Nifti1Image(subject.image.astype(np.int16), subject.affine)
+        image.set_qform(subject.affine, code=1)
+        image.set_sform(subject.affine, code=1)
+        tmp = folder / f".{path.name}.tmp.nii.gz"
+        nib.save(image, tmp)
+        os.replace(tmp, path)
+    return path
+
+
+def build_predictor(model: str, backend: str, seed: int):
+    """The Predictor of one configuration (and its parameter count)."""
+    import torch
+    from monai.inferers import SimpleInferer
+
+    from mrivol_monai.networks import build, count_parameters
+    from mrivol_monai.predict import Predictor
+    from mrivol_monai.weights import build_network, default_checkpoint, load_model, task_spec
+
+    torch.manual_seed(seed)
+    if model == "default" and default_checkpoint("brain").is_file():
+        net, _ = load_model(None, "brain")
+        return Predictor.from_model(None, "brain", backend), count_parameters(net), "shipped"
+    if model == "unet3d":
+        net = build("unet3d", in_channels=1, out_channels=2).eval()
+        predictor = Predictor(net, task_spec("brain", spatial_size=[48, 128, 128]))
+        predictor.inferer = SimpleInferer()  # the whole (1, 1, 48, 128, 128) volume in one call
+        return predictor, count_parameters(net), "random"
+    spec = task_spec("brain", NETWORKS[model])
+    net = build_network(spec.network_def).eval()
+    if backend == "onnx":
+        from mrivol_monai.export import OnnxSegmenter, onnx_from_network
+
+        return Predictor(OnnxSegmenter(onnx_from_network(net, spec).SerializeToString()), spec, "onnx"), \
+            count_parameters(net), "random"
+    return Predictor(net, spec), count_parameters(net), "random"
+
+
+def worker(name: str, scan: Path, runs: int, threads: int | None, seed: int) -> dict:
+    """Time one configuration in this process; returns the figures as a dict."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    model, backend = CONFIGS[name]
+    predictor, params, weights = build_predictor(model, backend, seed)
+    seconds, stages = [], []
+    for i in range(runs + 1):  # the first run warms up allocators and the onnxruntime session
+        start = time.perf_counter()
+        seg = predictor.segment(scan)
+        elapsed = time.perf_counter() - start
+        if i:
+            seconds.append(elapsed)
+    return {"config": name, "params": params, "weights": weights, "median_s": statistics.median(seconds),
+            "min_s": min(seconds), "max_s": max(seconds), "runs": runs,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "brain_ml": round(next(iter(seg.volumes.values())), 1), "mask_shape": list(seg.mask.shape)}
+
+
+def run_config(name: str, scan: Path, args: argparse.Namespace) -> dict:
+    command = [sys.executable, __file__, "--worker", name, "--scan", str(scan), "--runs", str(args.runs),
+               "--seed", str(args.seed)] + (["--threads", str(args.threads)] if args.threads else [])
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if done.returncode != 0:
+        raise SystemExit(f"error: {name} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def table(rows: list[dict]) -> str:
+    base = next(r for r in rows if r["config"] == "default-torch")["median_s"]
+    lines = ["| configuration | parameters | median s/scan | min-max s | peak RSS MB | x default-torch time |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r['config']} | {r['params']:,} | {r['median_s']:.2f} | {r['min_s']:.2f}-{r['max_s']:.2f} | "
+                     f"{r['peak_rss_mb']:.0f} | {r['median_s'] / base:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per configuration (median reported)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--seed", type=int, default=0, help="SynthIXI seed of the scan and network init seed")
+    parser.add_argument("--workdir", default=None, help="where the scan is written (default: a temp folder)")
+    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--worker", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
+    parser.add_argument("--scan", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be >= 1")
+    if args.worker:
+        print(json.dumps(worker(args.worker, Path(args.scan), args.runs, args.threads, args.seed)))
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(args.workdir or tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        scan = make_scan(folder, args.seed)
+        rows = [run_config(name, scan, args) for name in args.configs]
+    print(f"scan: 256x256x150 int16 SynthIXI (seed {args.seed}); {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.1f} at the end; {args.runs} timed runs after 1 warm-up, each configuration "
+          f"in its own process")
+    print(table(rows))
+    by = {r["config"]: r["median_s"] for r in rows}
+    ratios = []
+    if "default-torch" in by and "default-onnx" in by:
+        ratios.append(f"onnx is {by['default-torch'] / by['default-onnx']:.1f}x faster than torch (default model)")
+    for big in ("paper-unet-torch", "unet3d-torch"):
+        if big in by and "default-torch" in by:
+            ratios.append(f"default-torch is {by[big] / by['default-torch']:.1f}x faster than {big}")
+            if "default-onnx" in by:
+                ratios.append(f"default-onnx is {by[big] / by['default-onnx']:.1f}x faster than {big}")
+    print("\n".join(ratios))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
