@@ -123,3 +123,28 @@ def test_end_to_end_training_bundle_command(tiny_cohort, tmp_path):
     per_epoch = len(losses) // 3
     assert per_epoch >= 1
     assert sum(losses[-per_epoch:]) / per_epoch < sum(losses[:per_epoch]) / per_epoch
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_bad_training_file_gives_one_line_error(tiny_cohort, tmp_path, damage):
+    import shutil
+
+    data_dir, datalist = tiny_cohort
+    copy = tmp_path / "cohort"
+    shutil.copytree(data_dir, copy)
+    from mrivol_monai.data import manifests
+
+    manifest = copy / "datalist_brain.json"
+    manifests.write_manifest(manifests.build_manifest(copy, task="brain", seed=0), manifest)
+    victim = copy / json.loads(manifest.read_text())["training"][0]["image"]
+    if damage == "truncate":
+        victim.write_bytes(victim.read_bytes()[:300])
+    else:
+        victim.unlink()
+    proc = _bundle("run", "training", "--config_file", TRAIN, "--dataset_dir", str(copy), "--datalist", str(manifest),
+                   "--ckpt_dir", str(tmp_path / "m"), "--output_dir", str(tmp_path / "l"), "--epochs", "1")
+    assert proc.returncode != 0
+    last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("error: ") and victim.name in last, proc.stderr[-1500:]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "m" / "model.pt").exists()

@@ -184,7 +184,7 @@ def _open_volume(path: str | os.PathLike, read_data: bool) -> tuple[nib.spatiali
     return img, data
 
 
-def _check_pair(entry: Mapping[str, str], task: str, read_data: bool) -> None:
+def check_pair(entry: Mapping[str, str], task: str, read_data: bool) -> None:
     """Image and label open, are 3D, share shape and grid; label values are task ids."""
     image, _ = _open_volume(entry["image"], read_data)
     label, label_data = _open_volume(entry["label"], read_data)
@@ -248,7 +248,7 @@ def build_manifest(
     _check_split_options(test_site, val_fraction)
     pairs = find_pairs(images, labels, task)
     for entry in pairs:
-        _check_pair(entry, task, read_data)
+        check_pair(entry, task, read_data)
     root = Path(os.path.commonpath([str(Path(p[k]).parent) for p in pairs for k in ("image", "label")]))
     by_subject = {p["subject"]: p for p in pairs}
     subjects = list(by_subject)

@@ -48,12 +48,21 @@ def ensure_dataset(dataset_dir: str | Path, datalist: str | Path, task: str = "b
 
 
 def load_split(datalist: str | Path, split: str, dataset_dir: str | Path | None = None,
-               limit: int | None = None) -> list[dict]:
+               limit: int | None = None, check: bool = True) -> list[dict]:
     """Entries of one split (``training``, ``validation``, ``test``) with absolute paths under ``dataset_dir``.
 
-    ``limit`` keeps the first N entries (quick runs and tests).
+    ``limit`` keeps the first N entries (quick runs and tests). ``check`` opens every image/label pair with
+    nibabel and reads it in full before training starts, so a truncated, non-3D or mismatched file fails
+    here with one line naming it (ITK silently returns zeros for some truncated .nii.gz files).
     """
+    import json
+
     from mrivol_monai.data import manifests
 
     items = manifests.load_manifest(datalist, split, data_root=dataset_dir)
-    return items[: int(limit)] if limit else items
+    items = items[: int(limit)] if limit else items
+    if check:
+        task = json.loads(Path(datalist).read_text()).get("task", "brain")
+        for item in items:
+            manifests.check_pair(item, task, read_data=True)
+    return items
