@@ -28,7 +28,7 @@ SUBCORTICAL_OF_TISSUE = {THALAMUS: 1, CAUDATE: 2, PUTAMEN: 3, AMYGDALA: 4}
 
 # Volume (mL) of the unperturbed reference brain envelope (cerebrum + cerebellum + brainstem) at
 # scale 1, measured once with `reference_envelope_ml(0.5)`; used to hit target ICVs.
-REFERENCE_ENVELOPE_ML = 1433.0
+REFERENCE_ENVELOPE_ML = 1411.0
 
 _F32 = np.float32
 
@@ -173,7 +173,7 @@ def _cerebrum_base(p: np.ndarray) -> np.ndarray:
     lateral = np.interp(p[:, 1], _BASE_Y, _BASE_LATERAL)
     medial = np.interp(p[:, 1], _BASE_Y, _BASE_MEDIAL)
     w = np.clip((np.abs(p[:, 0]) - 12.0) / 10.0, 0.0, 1.0)
-    return (medial + w * (lateral - medial)).astype(_F32)
+    return (medial + w * (lateral - medial) + 0.0025 * p[:, 0] ** 2).astype(_F32)  # curves up laterally
 
 
 def _boxed(fn, p: np.ndarray, lo, hi) -> np.ndarray:
