@@ -151,15 +151,11 @@ def main(argv: list[str] | None = None) -> int:
           f"in its own process")
     print(table(rows))
     by = {r["config"]: r["median_s"] for r in rows}
-    ratios = []
-    if "default-torch" in by and "default-onnx" in by:
-        ratios.append(f"onnx is {by['default-torch'] / by['default-onnx']:.1f}x faster than torch (default model)")
-    for big in ("paper-unet-torch", "unet3d-torch"):
-        if big in by and "default-torch" in by:
-            ratios.append(f"default-torch is {by[big] / by['default-torch']:.1f}x faster than {big}")
-            if "default-onnx" in by:
-                ratios.append(f"default-onnx is {by[big] / by['default-onnx']:.1f}x faster than {big}")
-    print("\n".join(ratios))
+    pairs = [("default-onnx", "default-torch")] + [(fast, big) for big in ("paper-unet-torch", "unet3d-torch")
+                                                   for fast in ("default-torch", "default-onnx")]
+    for fast, slow in pairs:
+        if fast in by and slow in by:
+            print(f"{fast} takes {by[fast] / by[slow]:.2f}x the time of {slow} ({by[slow] / by[fast]:.1f}x speed-up)")
     return 0
 
 
