@@ -152,7 +152,7 @@ def test_tiny_study_tables_aggregates_and_resume(tiny_cohort, tmp_path):
             "--threads", "1", "--set", f"dataset_dir={data_dir}", "--set", f"datalist={datalist}",
             "--set", "spatial_size=[8,32,32]", "--set", "network_def#ed_blocks=3", "--set", "network_def#width=4",
             "--set", "epochs=1", "--set", "batch_size=2", "--set", "slices_per_volume=2",
-            "--set", "limit_subjects=null"]
+            "--set", "limit_subjects=null", "--set", "val_interval=1"]
     assert cli.main(args) == 0
     results = {(r["variant"], r["seed"]): r for r in aggregate.load_results(out / "E1")}
     assert set(results) == {("none", 0), ("none", 1), ("mix", 0), ("mix", 1)}

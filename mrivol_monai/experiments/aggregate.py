@@ -145,8 +145,11 @@ def _table_markdown(table: Table, rows: Sequence[Mapping[str, Any]]) -> list[str
         rows = [r for r in rows if len(r["structures"]) > 2]  # multi-class runs only
     if not rows:
         return []
-    paper_cols = [c for c in table.columns if c.paper_key and any(
-        c.paper_key in r["paper"] or "regions" in r["paper"] for r in rows)]
+    if table.per_structure:  # the paper's table 6 has a signed error and a direction per region
+        paper_cols = [c for c in table.columns if c.paper_key in ("vol_error", "estimate")
+                      and any("regions" in r["paper"] for r in rows)]
+    else:
+        paper_cols = [c for c in table.columns if c.paper_key and any(c.paper_key in r["paper"] for r in rows)]
     header = [table.row_header] + [c.header for c in table.columns] + [f"{c.header} (paper)" for c in paper_cols]
     lines = [f"**{table.title}**", "", "| " + " | ".join(header + ["Runs"]) + " |",
              "| " + " | ".join(["---"] * (len(header) + 1)) + " |"]

@@ -185,10 +185,13 @@ EXPERIMENTS: dict[str, Experiment] = {e.key: e for e in (E1, E2, E3, E4, E5)}
 PROFILES: dict[str, Profile] = {
     "quick": Profile(
         "quick", repeats=2,
-        settings={"network_def#width": 8, "epochs": 12, "early_stop_patience": 3, "limit_subjects": 40},
-        skip=("E2/unet_width64", "E2/unet_ed7", "E2/fcn_ed7", "E5/subcortical_ed7"),
-        description="CPU, 2 cores, <= 2 h for E1-E5: width 8, <= 12 epochs (early stop patience 3), "
-                    "at most 40 subjects per split, 2 repeats; the costliest E2/E5 rows skipped",
+        settings={"network_def#width": 8, "epochs": 10, "val_interval": 2, "early_stop_patience": 2,
+                  "limit_subjects": 40},
+        skip=("E2/unet_width32", "E2/unet_width64"),
+        description="CPU, 2 cores, about 1.5 h for E1-E5 with --jobs 2 (sized from measured CPU time, see "
+                    "bundle/docs/results.md): width 8, <= 10 epochs validated every 2nd (early stop after 2 "
+                    "validations without gain), at most 40 subjects per split, 2 repeats; E2's width 32/64 rows "
+                    "skipped",
     ),
     "paper": Profile(
         "paper", repeats=10, settings={"network_def#width": 64, "epochs": 60, "early_stop_patience": 5},
