@@ -13,14 +13,12 @@ from ignite.engine import Engine
 
 
 def learning_rate_writer(optimizer: torch.optim.Optimizer, tag: str = "learning_rate") -> Callable:
-    """``(engine, writer) -> None`` writing the first param group's lr and the engine's metrics per epoch."""
+    """``(engine, writer) -> None`` writing the first param group's lr once per epoch (the engine's metrics are
+    already written by the trainer's other ``TensorBoardStatsHandler``)."""
 
     def write(engine: Engine, writer) -> None:
         epoch = engine.state.epoch
         writer.add_scalar(tag, float(optimizer.param_groups[0]["lr"]), epoch)
-        for name, value in engine.state.metrics.items():
-            if isinstance(value, (int, float)):
-                writer.add_scalar(name, float(value), epoch)
         writer.flush()
 
     return write
