@@ -148,3 +148,19 @@ def test_bad_training_file_gives_one_line_error(tiny_cohort, tmp_path, damage):
     assert last.startswith("error: ") and victim.name in last, proc.stderr[-1500:]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "m" / "model.pt").exists()
+
+
+@pytest.mark.parametrize("task", ["brain", "subcortical"])
+def test_verify_net_in_out_for_the_bundle_network(task):
+    meta = [str(CONFIGS / "metadata.json")]
+    configs = [TRAIN]
+    if task == "subcortical":
+        meta.append(str(CONFIGS / "metadata_subcortical.json"))
+        configs.append(SUBCORTICAL)
+    ok = _bundle("verify_net_in_out", "network_def", "--meta_file", str(meta), "--config_file", str(configs))
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "verified with no error" in ok.stdout + ok.stderr
+    # the brain metadata does not describe the 5-class network: the check must notice
+    if task == "subcortical":
+        bad = _bundle("verify_net_in_out", "network_def", "--meta_file", meta[0], "--config_file", str(configs))
+        assert bad.returncode != 0 and "doesn't match" in bad.stderr
