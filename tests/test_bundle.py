@@ -48,10 +48,13 @@ def test_subcortical_overlay_and_overrides_change_the_network():
     out = net(torch.zeros(1, 1, 32, 32))
     assert tuple(out.shape) == (1, 5, 32, 32)
     assert parser.get_parsed_content("ckpt_dir").endswith("models/subcortical")
+    loss = parser.get_parsed_content("loss")
+    assert type(loss).__name__ == "DiceLoss" and loss.include_background is False
     base = ConfigParser()
     base.read_config(TRAIN)
     assert base.get_parsed_content("num_classes") == 2
     assert base.get_parsed_content("datalist").endswith("synthixi_brain.json")
+    assert type(base.get_parsed_content("loss")).__name__ == "DiceCELoss"
 
 
 def test_training_preprocessing_gives_n_slices_per_volume_with_onehot_labels(tiny_cohort):
