@@ -446,7 +446,7 @@ def predict(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, task: s
 def summary_line(result: PredictReport) -> str:
     """One line: how many scans worked and failed, the median time per scan, where the volumes are."""
     n = len(result.rows) + len(result.failed)
-    median = float(np.median(result.seconds)) if result.seconds else float("nan")
-    return (f"{len(result.rows)}/{n} scans segmented ({result.task}, {result.backend} backend, median {median:.2f} s/scan), "
+    timing = f"median {float(np.median(result.seconds)):.2f} s/scan" if result.seconds else "no timing"
+    return (f"{len(result.rows)}/{n} scans segmented ({result.task}, {result.backend} backend, {timing}), "
             f"{len(result.failed)} failed; volumes in {result.csv_path}")
 
