@@ -297,3 +297,42 @@ def test_find_scans_expands_folders_and_keeps_ids_unique(tmp_path):
     assert [(Path(f["image"]).relative_to(tmp_path).as_posix(), f["scan"]) for f in found] == [
         ("nifti/a.nii", "a"), ("nifti/b.nii.gz", "b"), ("dicoms/s1", "s1"), ("dicoms/s2", "s2"),
         ("other/a.nii.gz", "a-2")]
+
+
+def _write_dicom_series(folder: Path, volume_zyx: np.ndarray, spacing_xyz=(1.0, 1.5, 2.0)) -> Path:
+    """Write an int16 (Z, Y, X) array as a DICOM series of Z slices with ITK's GDCM series writer."""
+    import itk
+
+    folder.mkdir(parents=True)
+    image = itk.image_from_array(np.ascontiguousarray(volume_zyx.astype(np.int16)))
+    image.SetSpacing(list(spacing_xyz))
+    names = itk.NumericSeriesFileNames.New()
+    names.SetSeriesFormat(str(folder / "IM%04d.dcm"))
+    names.SetStartIndex(1)
+    names.SetEndIndex(volume_zyx.shape[0])
+    names.SetIncrementIndex(1)
+    writer = itk.ImageSeriesWriter[itk.Image[itk.SS, 3], itk.Image[itk.SS, 2]].New()
+    writer.SetInput(image)
+    writer.SetImageIO(itk.GDCMImageIO.New())
+    writer.SetFileNames(names.GetFileNames())
+    writer.Update()
+    return folder
+
+
+def test_a_valid_dicom_series_folder_is_segmented_on_its_own_grid(tmp_path):
+    from monai.transforms import LoadImage
+
+    image, _, _ = ellipsoid_scan(shape=(18, 36, 34))
+    series = _write_dicom_series(tmp_path / "patient1_t1", np.transpose(image, (2, 1, 0)))
+    assert len(list(series.iterdir())) == image.shape[2]
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
+    status = main(["predict", str(series), "--out", str(tmp_path / "out"), "--model", str(ckpt), "--quiet"])
+    assert status == 0
+    rows = list(csv.DictReader(open(tmp_path / "out" / "volumes.csv")))
+    assert [r["scan"] for r in rows] == ["patient1_t1"]
+    loaded = LoadImage(reader="ITKReader", image_only=True, ensure_channel_first=True)(str(series))
+    mask = nib.load(rows[0]["mask"])
+    assert mask.shape == tuple(loaded.shape[1:])  # the series' own grid, as ITK reads it
+    assert np.allclose(mask.affine, np.asarray(loaded.affine), atol=1e-4)
+    counted = np.count_nonzero(np.asarray(mask.dataobj) == 1) * voxel_ml(mask.affine)
+    assert counted > 0 and float(rows[0]["brain_ml"]) == pytest.approx(counted, abs=1e-3)
