@@ -125,6 +125,9 @@ class OnnxSegmenter:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
+        # no memory arena: the arena keeps its high-water mark of activation buffers for the whole run
+        # (+~200 MB RSS over a folder of IXI-size scans); plain allocations cost nothing measurable here
+        options.enable_cpu_mem_arena = False
         if threads:
             options.intra_op_num_threads = int(threads)
         source = model if isinstance(model, bytes) else str(model)

@@ -16,6 +16,7 @@ import io
 import os
 import sys
 import time
+from copy import deepcopy
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from monai.transforms import (
     Compose,
     CropForegroundd,
     EnsureTyped,
+    InvertibleTransform,
     Invertd,
     LoadImaged,
     MapTransform,
@@ -38,6 +40,7 @@ from monai.transforms import (
 )
 from tqdm import tqdm
 
+from mrivol_monai.data.nifti_reader import IgzipNibabelReader
 from mrivol_monai.errors import InputError
 from mrivol_monai.networks import SliceSegmenter
 from mrivol_monai.transforms import CheckVolumed, HeadZScored, depth_axcodes, head_foreground
@@ -68,6 +71,7 @@ MASK_SUFFIX = "_seg.nii.gz"
 QC_SUFFIX = "_qc.png"
 VOLUMES_CSV = "volumes.csv"
 CROP_MARGIN = 2  # voxels around the head box, as in train.json
+SLICES_PER_CALL = 10  # peak RSS vs speed on an IXI-size scan: see benchmarks/inference_speed.py --slices-per-call
 
 
 def _is_nifti(path: Path) -> bool:
@@ -153,7 +157,9 @@ def channel_argmax(probs: torch.Tensor) -> torch.Tensor:
         better = scores[c] > best
         label[better] = c
         best = torch.where(better, scores[c], best)
-    return MetaTensor(label[None], meta=dict(probs.meta)) if isinstance(probs, MetaTensor) else label[None]
+    if isinstance(probs, MetaTensor):
+        return MetaTensor(label[None], meta=dict(probs.meta), applied_operations=list(probs.applied_operations))
+    return label[None]
 
 
 def volume_row(scan: str, source: str, mask_path: str, volumes: dict[str, float]) -> dict[str, str]:
@@ -199,25 +205,28 @@ class Segmentation:
 
 class Predictor:
     """A loaded model plus the per-scan pipeline. ``network``: (N, 1, H, W) -> (N, C, H, W) logits (a torch
-    module or :class:`mrivol_monai.export.OnnxSegmenter`)."""
+    module or :class:`mrivol_monai.export.OnnxSegmenter`). ``slices_per_call``: slices per network call
+    (None: all D at once); 10 keeps the activations of a width-16 UNet to ~60 MB instead of ~240 MB."""
 
-    def __init__(self, network: Callable[[torch.Tensor], torch.Tensor], spec: ModelSpec, backend: str = "torch") -> None:
+    def __init__(self, network: Callable[[torch.Tensor], torch.Tensor], spec: ModelSpec, backend: str = "torch",
+                 slices_per_call: int | None = SLICES_PER_CALL) -> None:
         if isinstance(network, SliceSegmenter):
             # NHWC convolutions: ~1.4x faster for these 2D nets on CPU (oneDNN), same numbers
             network = network.to(memory_format=torch.channels_last)
         self.network, self.spec, self.backend = network, spec, backend
         self.loaders = {
-            "nifti": LoadImaged("image", reader="NibabelReader", ensure_channel_first=True, image_only=True),
+            "nifti": LoadImaged("image", reader=IgzipNibabelReader, ensure_channel_first=True, image_only=True),
             "itk": LoadImaged("image", reader="ITKReader", ensure_channel_first=True, image_only=True),
         }
         self.preprocessing = preprocessing(spec.spatial_size, spec.depth_axis)
         d, h, w = spec.spatial_size
-        self.inferer = SliceInferer(roi_size=(h, w), spatial_dim=0, sw_batch_size=d, progress=False)
+        self.inferer = SliceInferer(roi_size=(h, w), spatial_dim=0, sw_batch_size=min(d, slices_per_call or d),
+                                    progress=False)
         self.invert = Invertd("pred", transform=self.preprocessing, orig_keys="image", nearest_interp=False)
 
     @classmethod
     def from_model(cls, model: str | os.PathLike | None = None, task: str | None = None, backend: str = "torch",
-                   threads: int | None = None) -> "Predictor":
+                   threads: int | None = None, slices_per_call: int | None = SLICES_PER_CALL) -> "Predictor":
         """Load ``model`` (checkpoint, bundle folder, ``.onnx`` file, or None = shipped default of ``task``)
         for ``backend`` (``torch`` or ``onnx``; a torch checkpoint is converted to ONNX in memory)."""
         from mrivol_monai.weights import load_model
@@ -230,13 +239,14 @@ class Predictor:
             if backend != "onnx":
                 raise InputError(model, "an .onnx model needs --backend onnx")
             session, spec = load_onnx(model, task, threads)
-            return cls(session, spec, backend)
+            return cls(session, spec, backend, slices_per_call)
         net, spec = load_model(model, task)
         if backend == "onnx":
             from mrivol_monai.export import OnnxSegmenter, onnx_from_network
 
-            return cls(OnnxSegmenter(onnx_from_network(net, spec).SerializeToString(), threads), spec, backend)
-        return cls(net, spec, backend)
+            return cls(OnnxSegmenter(onnx_from_network(net, spec).SerializeToString(), threads), spec, backend,
+                       slices_per_call)
+        return cls(net, spec, backend, slices_per_call)
 
     def load(self, path: str | os.PathLike) -> MetaTensor:
         """Read a NIfTI file or DICOM series folder -> (1, X, Y, Z) MetaTensor (affine: voxel -> RAS)."""
@@ -256,6 +266,31 @@ class Predictor:
         with torch.inference_mode():
             return self.inferer(torch.as_tensor(image)[None], self.network)[0]
 
+    def to_native(self, probs: torch.Tensor, image: MetaTensor) -> MetaTensor:
+        """(C, D, H, W) class probabilities on the model grid of the preprocessed ``image`` -> (1, X, Y, Z) uint8
+        labels on the input's native grid.
+
+        Equal to MONAI's ``Invertd`` over the whole preprocessing followed by an argmax (``self.invert``; a test
+        checks it voxel for voxel), done in a cheaper order:
+
+        - only the resize is undone on floats (MONAI's inverse of ``Resized``, same ``area`` mode), so the
+          boundary comes from the probabilities rather than from nearest-neighbour labels;
+        - the argmax comes next; MONAI's inverses of the head crop (zero padding, i.e. background) and of
+          the orientation (axis permutations and flips) commute with it, so they move 1 uint8 channel
+          instead of C float32 ones.
+        """
+        applied = deepcopy(image.applied_operations)
+        *label_steps, resize_step = [t for t in self.preprocessing.transforms if isinstance(t, InvertibleTransform)]
+        if not isinstance(resize_step, Resized):  # the order in preprocessing(); guard against edits there
+            raise RuntimeError(f"preprocessing must end its invertible steps with Resized, not {resize_step}")
+        pred = MetaTensor(probs, meta=deepcopy(image.meta), applied_operations=applied)
+        pred = resize_step.inverse({"image": pred})["image"]
+        labels = channel_argmax(pred)
+        del pred
+        for step in reversed(label_steps):
+            labels = step.inverse({"image": labels})["image"]
+        return labels
+
     def segment(self, path: str | os.PathLike) -> Segmentation:
         """Segment one scan; :class:`InputError` for unreadable or unusable input."""
         native = self.load(path)
@@ -267,9 +302,8 @@ class Predictor:
                 cause = cause.__cause__ or cause.__context__
             raise (InputError(path, cause.problem) if cause is not None else err) from err
         probs = torch.softmax(self.logits(data["image"]).float(), dim=0)
-        data["pred"] = MetaTensor(probs, meta=dict(data["image"].meta))
-        inverted = self.invert(data)["pred"]
-        mask = channel_argmax(torch.as_tensor(inverted))[0].cpu().numpy()
+        mask = self.to_native(probs, data["image"])[0].cpu().numpy()
+        del probs, data
         shape = tuple(native.shape[1:])
         if mask.shape != shape:  # Invertd must land exactly on the input grid; anything else is a bug
             raise RuntimeError(f"{path}: inverted mask has shape {mask.shape}, input has {shape}")

@@ -13,12 +13,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from monai.data import MetaTensor
 from monai.transforms import Compose, CropForegroundd, LoadImaged, Orientationd, Resized
 from torch import nn
 
 from mrivol_monai.cli import main
 from mrivol_monai.networks import UNet2d
-from mrivol_monai.predict import Predictor, append_csv_row, find_scans, predict
+from mrivol_monai.predict import Predictor, append_csv_row, channel_argmax, find_scans, predict
 from mrivol_monai.transforms import depth_axcodes, head_foreground
 from mrivol_monai.weights import load_model, task_spec
 
@@ -126,7 +127,7 @@ def test_oracle_mask_is_exact_on_native_non_ras_anisotropic_grid(tmp_path):
     lab_path = save(tmp_path / "scan1_label.nii.gz", label, affine)
     spec = task_spec("brain", spatial_size=SPATIAL)
     spec.num_classes, spec.class_names = 3, ["background", "a", "b"]
-    predictor = Predictor(oracle_for(img_path, lab_path, 3), spec)
+    predictor = Predictor(oracle_for(img_path, lab_path, 3), spec, slices_per_call=None)
 
     result = predict([img_path], tmp_path / "out", predictor=predictor, progress=False)
 
@@ -153,13 +154,37 @@ def test_oracle_volume_within_two_percent_when_grids_do_not_align(tmp_path):
     img_path = save(tmp_path / "e.nii.gz", image, affine)
     lab_path = save(tmp_path / "e_label.nii.gz", label, affine)
     spatial = [16, 32, 32]
-    predictor = Predictor(oracle_for(img_path, lab_path, 2, spatial), task_spec("brain", spatial_size=spatial))
+    predictor = Predictor(oracle_for(img_path, lab_path, 2, spatial), task_spec("brain", spatial_size=spatial),
+                          slices_per_call=None)
     seg = predictor.segment(img_path)
     truth = np.count_nonzero(label) * voxel_ml(affine)
     assert seg.mask.shape == label.shape
     assert seg.volumes["brain"] == pytest.approx(truth, rel=0.02)
     dice = 2 * np.count_nonzero(seg.mask & label) / (np.count_nonzero(seg.mask) + np.count_nonzero(label))
     assert dice > 0.95
+
+
+def test_to_native_matches_invertd_then_argmax_on_soft_multiclass_probabilities(tmp_path):
+    """The staged inverse (resize undone on floats, argmax, then crop/orientation undone on uint8 labels)
+    gives MONAI's Invertd-then-argmax labels voxel for voxel, on a non-RAS grid whose crop pads and crops."""
+    image, _, affine = ellipsoid_scan(shape=(23, 37, 30), seed=3)
+    path = save(tmp_path / "soft.nii.gz", image, affine)
+    spatial = [12, 16, 16]
+    spec = task_spec("brain", spatial_size=spatial)
+    spec.num_classes, spec.class_names = 4, ["background", "a", "b", "c"]
+    predictor = Predictor(nn.Identity(), spec)
+    data = predictor.preprocessing({"image": predictor.load(path)})
+    gen = torch.Generator().manual_seed(0)
+    smooth = torch.nn.functional.avg_pool3d(torch.randn(1, 4, *spatial, generator=gen), 3, 1, 1)[0]
+    probs = torch.softmax(4 * smooth, dim=0)
+
+    staged = torch.as_tensor(predictor.to_native(probs, data["image"]))
+    data["pred"] = MetaTensor(probs, meta=dict(data["image"].meta))
+    reference = channel_argmax(torch.as_tensor(predictor.invert(data)["pred"]))
+
+    assert staged.dtype == torch.uint8 and staged.shape == (1, *image.shape)
+    assert set(torch.unique(staged).tolist()) == {0, 1, 2, 3}  # every class survives at native size
+    assert torch.equal(staged, reference)
 
 
 def tiny_checkpoint(path: Path, task: str = "brain", seed: int = 0, meta: bool = True, bias: float = 0.5) -> Path:
@@ -336,3 +361,21 @@ def test_a_valid_dicom_series_folder_is_segmented_on_its_own_grid(tmp_path):
     assert np.allclose(mask.affine, np.asarray(loaded.affine), atol=1e-4)
     counted = np.count_nonzero(np.asarray(mask.dataobj) == 1) * voxel_ml(mask.affine)
     assert counted > 0 and float(rows[0]["brain_ml"]) == pytest.approx(counted, abs=1e-3)
+
+
+@pytest.mark.parametrize("endian", ["<", ">"])
+def test_igzip_reader_gives_nibabel_readers_array_and_affine(tmp_path, endian):
+    from mrivol_monai.data.nifti_reader import IgzipNibabelReader
+
+    image, _, affine = ellipsoid_scan(shape=(9, 11, 7))
+    header = nib.Nifti1Header(endianness=endian)
+    nifti = nib.Nifti1Image(image.astype(np.int16), affine, header=header)
+    nifti.set_qform(affine, code=1)
+    path = tmp_path / "scan.nii.gz"
+    nib.save(nifti, path)
+    fast = LoadImaged("image", reader=IgzipNibabelReader, ensure_channel_first=True, image_only=True)({"image": str(path)})
+    slow = LoadImaged("image", reader="NibabelReader", ensure_channel_first=True, image_only=True)({"image": str(path)})
+    assert torch.equal(fast["image"].as_tensor(), slow["image"].as_tensor())
+    assert torch.allclose(fast["image"].affine, slow["image"].affine)
+    assert np.allclose(fast["image"].meta["original_affine"], affine)
+    assert fast["image"].shape == (1, *image.shape)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Mapping
 
 import torch
@@ -35,10 +36,12 @@ class CheckVolumed(Transform):
         src = _source(img, self.image_key)
         if img.ndim != 4 or img.shape[0] != 1:
             raise InputError(src, f"expected a single 3D image, got array shape {tuple(img.shape)} (channel first)")
-        if not bool(torch.isfinite(torch.as_tensor(img)).all()):
+        # one pass: min and max are NaN or infinite exactly when some voxel is
+        low, high = (float(v) for v in torch.aminmax(torch.as_tensor(img).detach()))
+        if not (math.isfinite(low) and math.isfinite(high)):
             raise InputError(src, "image contains NaN or infinite values")
-        if float(img.max()) == float(img.min()):
-            raise InputError(src, f"image is constant ({float(img.min())}): nothing to segment")
+        if high == low:
+            raise InputError(src, f"image is constant ({low}): nothing to segment")
         if self.label_key in data:
             lab = data[self.label_key]
             lsrc = _source(lab, self.label_key)

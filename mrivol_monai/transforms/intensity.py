@@ -6,11 +6,13 @@ noise, so we compute statistics inside a thresholded head mask instead.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Mapping
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 HEAD_THRESHOLD_FRACTION = 0.1
@@ -23,9 +25,12 @@ def head_foreground(img: torch.Tensor | np.ndarray, fraction: float = HEAD_THRES
     the threshold up. Works on numpy arrays and torch tensors (``CropForegroundd`` passes either).
     """
     if isinstance(img, torch.Tensor):
-        flat = img.detach().reshape(-1)
-        # a strided subsample of <= ~250k voxels gives the percentile to well under 1 %, 5x faster than all
-        sample = flat[:: max(1, flat.numel() // 250_000)].float()
+        # plain tensor: MetaTensor's per-op metadata handling made the bounding-box search 3x slower
+        img = img.as_tensor() if isinstance(img, MetaTensor) else img
+        # a regular grid of ~250k voxels (every k-th along each spatial axis) gives the percentile to well
+        # under 1 %, 5x faster than all; strided views, so a permuted (re-oriented) image is not copied
+        step = max(1, math.ceil((img[0].numel() / 250_000) ** (1.0 / (img.ndim - 1))))
+        sample = img.detach()[(slice(None),) + (slice(None, None, step),) * (img.ndim - 1)].reshape(-1).float()
         high = sample.kthvalue(max(1, int(round(0.99 * sample.numel())))).values
     else:
         high = np.percentile(img, 99)
