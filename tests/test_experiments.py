@@ -15,7 +15,7 @@ from monai.bundle import ConfigParser
 
 from mrivol_monai.errors import InputError
 from mrivol_monai.experiments import __main__ as cli
-from mrivol_monai.experiments import aggregate, grid_search, runner
+from mrivol_monai.experiments import aggregate, grid_search, report, runner
 from mrivol_monai.experiments.variants import EXPERIMENTS, PROFILES, select_variants
 from mrivol_monai.networks import FCN2d, SegNet2d, UNet2d, count_parameters
 from mrivol_monai.transforms.slab_sampling import NeighbourSlicesd, stack_neighbours
@@ -199,3 +199,27 @@ def test_tiny_study_tables_aggregates_and_resume(tiny_cohort, tmp_path):
     assert {k: v for k, v in after.items() if "mix/seed1" not in k} == \
         {k: v for k, v in before.items() if "mix/seed1" not in k}
     assert after["E1/mix/seed1/result.json"] != before["E1/mix/seed1/result.json"]
+
+    notes = tmp_path / "discussion.md"
+    notes.write_text("# Notes\n\n## E1 augmentation\nMix helps here.\n\n## E3\nSlices: no data.\n")
+    doc = report.write_report(out, tmp_path / "docs" / "results.md", intro="Tiny run.", discussion=notes)
+    text = doc.read_text()
+    e1 = text[text.index("### E1"):text.index("### E2")]
+    assert "**Does the paper's finding hold here?** Mix helps here." in e1
+    assert e1.index("Check against the paper (computed)") < e1.index("Mix helps here.")
+    assert "Slices: no data." not in text  # E3 has no results, so no section to put its paragraph under
+    assert (tmp_path / "docs" / "img" / "results_E1.png").is_file()
+
+
+def test_discussion_file_sections_and_bad_files(tmp_path):
+    good = tmp_path / "d.md"
+    good.write_text("intro\n## E2 parameters\nDepth: plateau.\nSecond line.\n## E5\nHard task.\n")
+    assert report.load_discussion(good) == {"E2": "Depth: plateau.\nSecond line.", "E5": "Hard task."}
+    (tmp_path / "none.md").write_text("no sections\n")
+    with pytest.raises(InputError, match="none.md: no '## E1'-style"):
+        report.load_discussion(tmp_path / "none.md")
+    (tmp_path / "e9.md").write_text("## E9\nx\n")
+    with pytest.raises(InputError, match=r"e9.md: sections for unknown experiments \['E9'\]"):
+        report.load_discussion(tmp_path / "e9.md")
+    with pytest.raises(InputError, match="missing.md: discussion file not found"):
+        report.load_discussion(tmp_path / "missing.md")

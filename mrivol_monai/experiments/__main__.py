@@ -6,11 +6,14 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from mrivol_monai.errors import InputError
 from mrivol_monai.experiments import aggregate, grid_search, report, runner
 from mrivol_monai.experiments.variants import EXPERIMENTS, PROFILES, get_profile, select_variants
+
+DEFAULT_DISCUSSION = "bundle/docs/results_discussion.md"  # hand-written paragraphs, one '## E<k>' each
 
 
 def _setting(text: str) -> tuple[str, Any]:
@@ -59,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--doc", default="bundle/docs/results.md")
     rep.add_argument("--title", default="Results")
     rep.add_argument("--intro", default="", help="paragraph under the title (what was run)")
+    rep.add_argument("--discussion", default=None,
+                     help="Markdown file with a '## E1' ... section per experiment, placed under its tables "
+                          f"(default: {DEFAULT_DISCUSSION} when it exists)")
     grid = sub.add_parser("grid", parents=[common], help="grid search, selected by validation Dice")
     grid.add_argument("--space", required=True, help="space file (YAML/JSON)")
     lst = sub.add_parser("list", help="experiments, variants and their overlays under a profile")
@@ -77,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"  {v.name:18s} {' + '.join(v.overlays)}")
             return 0
         if args.command == "report":
-            path = report.write_report(args.out, args.doc, title=args.title, intro=args.intro)
+            discussion = args.discussion or (DEFAULT_DISCUSSION if Path(DEFAULT_DISCUSSION).is_file() else None)
+            path = report.write_report(args.out, args.doc, title=args.title, intro=args.intro, discussion=discussion)
             print(f"wrote {path}")
             return 0
         settings = dict(_setting(s) for s in args.settings)

@@ -1,20 +1,23 @@
 """Assemble every experiment's tables and plots under ``runs/`` into one Markdown report with the hardware,
-the settings actually run, and a per-experiment check of the paper's finding computed from the numbers."""
+the settings actually run, a per-experiment check of the paper's finding computed from the numbers, and
+(optionally) a hand-written paragraph per experiment read from a discussion file (``## E1`` ... sections)."""
 
 from __future__ import annotations
 
 import os
 import platform
+import re
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mrivol_monai.errors import InputError
 from mrivol_monai.experiments.aggregate import load_results, results_markdown, write_tables
 from mrivol_monai.experiments.variants import EXPERIMENTS, Experiment
 from mrivol_monai.handlers.volume_estimation import write_atomic
 
-__all__ = ["hardware", "findings", "build_report", "write_report"]
+__all__ = ["hardware", "findings", "build_report", "load_discussion", "write_report"]
 
 
 def hardware() -> str:
@@ -111,10 +114,26 @@ def _settings_line(results: Sequence[Mapping[str, Any]]) -> str:
     return "; ".join(f"`{k}` = {', '.join(sorted(v))}" for k, v in seen.items())
 
 
+def load_discussion(path: str | os.PathLike) -> dict[str, str]:
+    """``{"E1": text, ...}`` from a Markdown file with one ``## E<k>`` heading per experiment (text up to the
+    next such heading). Unknown experiment keys or a file without any raise :class:`InputError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "discussion file not found")
+    parts = re.split(r"^##\s+(E\d+)\b[^\n]*$", path.read_text(), flags=re.MULTILINE)
+    found = {key: text.strip() for key, text in zip(parts[1::2], parts[2::2])}
+    if not found:
+        raise InputError(path, "no '## E1'-style experiment sections")
+    unknown = sorted(set(found) - set(EXPERIMENTS))
+    if unknown:
+        raise InputError(path, f"sections for unknown experiments {unknown}; known: {sorted(EXPERIMENTS)}")
+    return found
+
+
 def build_report(out: str | os.PathLike, img_dir: str | os.PathLike | None = None, title: str = "Results",
-                 intro: str = "") -> str:
+                 intro: str = "", discussion: Mapping[str, str] | None = None) -> str:
     """Markdown for every experiment with results under ``out`` (re-aggregating them); plots are copied to
-    ``img_dir`` (linked relative to it) when given."""
+    ``img_dir`` (linked relative to it) when given; ``discussion[key]`` follows the computed check."""
     lines = [f"# {title}", "", intro, "", f"Hardware: {hardware()}.", ""] if intro else \
         [f"# {title}", "", f"Hardware: {hardware()}.", ""]
     for key, exp in EXPERIMENTS.items():
@@ -126,7 +145,9 @@ def build_report(out: str | os.PathLike, img_dir: str | os.PathLike | None = Non
         seeds = sorted({r["seed"] for r in results})
         lines += [results_markdown(exp, rows).rstrip(), "",
                   f"Runs: {len(results)} ({len(rows)} variants, seeds {seeds}). Settings: {_settings_line(results)}.",
-                  "", f"Check against the paper: {findings(exp, rows)}", ""]
+                  "", f"Check against the paper (computed): {findings(exp, rows)}", ""]
+        if discussion and discussion.get(key):
+            lines += [f"**Does the paper's finding hold here?** {discussion[key]}", ""]
         png = Path(out) / key / "results.png"
         if img_dir is not None and png.is_file():
             Path(img_dir).mkdir(parents=True, exist_ok=True)
@@ -136,8 +157,11 @@ def build_report(out: str | os.PathLike, img_dir: str | os.PathLike | None = Non
     return "\n".join(lines)
 
 
-def write_report(out: str | os.PathLike, doc: str | os.PathLike, title: str = "Results", intro: str = "") -> Path:
-    """Write :func:`build_report` to ``doc`` atomically (plots into ``<doc dir>/img``)."""
+def write_report(out: str | os.PathLike, doc: str | os.PathLike, title: str = "Results", intro: str = "",
+                 discussion: str | os.PathLike | None = None) -> Path:
+    """Write :func:`build_report` to ``doc`` atomically (plots into ``<doc dir>/img``), with the paragraphs of
+    the ``discussion`` file (:func:`load_discussion`) when given."""
     doc = Path(doc)
-    text = build_report(out, doc.parent / "img", title=title, intro=intro)
+    notes = load_discussion(discussion) if discussion else None
+    text = build_report(out, doc.parent / "img", title=title, intro=intro, discussion=notes)
     return write_atomic(doc, text)
