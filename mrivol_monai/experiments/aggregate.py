@@ -193,10 +193,18 @@ def plot(exp: Experiment, rows: Sequence[Mapping[str, Any]], path: str | os.Path
     if not rows:
         return None
 
-    def m(r: Mapping[str, Any], key: str) -> tuple[float, float]:
+    def m(r: Mapping[str, Any], key: str) -> tuple[float, tuple[float, float]]:
+        """mean and (below, above) error-bar lengths of the 95% CI; a Dice CI is clipped to [0, 1]: with two
+        repeats Student's t (12.7) makes it wider than the range a Dice can take."""
         d = r["metrics"][key]
-        half = d["ci95_high"] - d["mean"] if math.isfinite(d["ci95_high"]) else 0.0
-        return d["mean"], half
+        if not math.isfinite(d["ci95_high"]):
+            return d["mean"], (0.0, 0.0)
+        low, high = (max(0.0, d["ci95_low"]), min(1.0, d["ci95_high"])) if "dice" in key else \
+            (d["ci95_low"], d["ci95_high"])
+        return d["mean"], (d["mean"] - low, high - d["mean"])
+
+    def bars(errors: Sequence[tuple[float, float]]) -> np.ndarray:
+        return np.array(errors, dtype=float).T.reshape(2, -1)  # (2, N): matplotlib's asymmetric yerr
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     if exp.plot == "params":
@@ -206,22 +214,23 @@ def plot(exp: Experiment, rows: Sequence[Mapping[str, Any]], path: str | os.Path
             if group:
                 x = [m(r, "params")[0] for r in group]
                 y, e = zip(*(m(r, "test_dice") for r in group))
-                ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=name)
+                ax.errorbar(x, y, yerr=bars(e), marker="o", capsize=3, label=name)
                 for xi, yi, r in zip(x, y, group):
                     ax.annotate(r["label"], (xi, yi), textcoords="offset points", xytext=(3, 3), fontsize=7)
         ax.set_xscale("log")
+        ax.set_ylim(0.0, 1.02)
         ax.set_xlabel("parameters")
         ax.set_ylabel("test Dice")
         ax.legend()
     elif exp.plot == "slices":
         x = [int(r["label"]) for r in rows]
         y, e = zip(*(m(r, "test_dice") for r in rows))
-        ax.errorbar(x, y, yerr=e, marker="o", capsize=3, color="C0", label="test Dice")
+        ax.errorbar(x, y, yerr=bars(e), marker="o", capsize=3, color="C0", label="test Dice")
         ax.set_xlabel("slices per volume")
         ax.set_ylabel("test Dice", color="C0")
         twin = ax.twinx()
         t, te = zip(*(m(r, "train_seconds") for r in rows))
-        twin.errorbar(x, t, yerr=te, marker="s", capsize=3, color="C1", label="training time")
+        twin.errorbar(x, t, yerr=bars(te), marker="s", capsize=3, color="C1", label="training time")
         twin.set_ylabel("training time (s)", color="C1")
     elif exp.plot == "regions":
         multi = [r for r in rows if len(r["structures"]) > 2] or list(rows)
@@ -239,12 +248,14 @@ def plot(exp: Experiment, rows: Sequence[Mapping[str, Any]], path: str | os.Path
                            zorder=3, label=f"paper ({r['label']})")
         ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names)
         ax.axhline(0, color="grey", lw=0.8)
+        if max(abs(b.get_height()) for b in ax.patches) > 200:  # failed models err by 1000s of %: log past +-10 %
+            ax.set_yscale("symlog", linthresh=10)
         ax.set_ylabel("signed volume error (%)")
         ax.legend(fontsize=8)
     else:
         y, e = zip(*(m(r, "test_dice") for r in rows))
         pos = np.arange(len(rows))
-        ax.bar(pos, y, yerr=e, capsize=3, label="ours")
+        ax.bar(pos, y, yerr=bars(e), capsize=3, label="ours")
         paper = [(i, r["paper"]["test_dice"]) for i, r in enumerate(rows) if "test_dice" in r["paper"]]
         if paper:
             ax.scatter(*zip(*paper), color="k", marker="x", zorder=3, label="paper")
