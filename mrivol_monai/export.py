@@ -14,7 +14,6 @@ import json
 import os
 import shlex
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mrivol_monai.atomic_io import atomic_path
 from mrivol_monai.errors import InputError
 from mrivol_monai.weights import WEIGHTS_DIR, ModelSpec, default_checkpoint, spec_from_bundle_config
 
@@ -43,16 +43,8 @@ SPEC_KEY = "mrivol"
 
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temp name next to ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        write(tmp)
     return path
 
 

@@ -17,8 +17,8 @@ import io
 import os
 import sys
 import time
-from copy import deepcopy
 from collections.abc import Callable, Hashable, Mapping, Sequence
+from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,8 +32,8 @@ from monai.transforms import (
     Compose,
     CropForegroundd,
     EnsureTyped,
-    InvertibleTransform,
     Invertd,
+    InvertibleTransform,
     LoadImaged,
     MapTransform,
     Orientationd,
@@ -41,6 +41,7 @@ from monai.transforms import (
 )
 from tqdm import tqdm
 
+from mrivol_monai.atomic_io import atomic_path, write_atomic
 from mrivol_monai.data.nifti_reader import IgzipNibabelReader
 from mrivol_monai.errors import InputError
 from mrivol_monai.networks import SliceSegmenter
@@ -321,13 +322,8 @@ def save_mask(mask: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> 
     image.header.set_xyzt_units("mm", "sec")
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.nii.gz")
-    try:
+    with atomic_path(path) as tmp:
         nib.save(image, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -372,13 +368,8 @@ def save_qc_png(image: np.ndarray, mask: np.ndarray, affine: np.ndarray, path: s
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=9)
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -396,16 +387,7 @@ def append_csv_row(path: str | os.PathLike, columns: Sequence[str], row: dict[st
     if not old:
         writer.writeheader()
     writer.writerow(row)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", newline="") as handle:
-            handle.write(old + buffer.getvalue())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_atomic(path, old + buffer.getvalue())
 
 
 def volume_columns(class_names: Sequence[str]) -> list[str]:

@@ -16,7 +16,6 @@ from monai.data import load_decathlon_datalist
 
 from mrivol_monai.data.manifests import (
     build_manifest,
-    find_pairs,
     format_counts,
     load_manifest,
     main,

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib

@@ -22,7 +22,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import nibabel as nib
 import numpy as np
 from monai.data import load_decathlon_datalist
 
+from mrivol_monai.atomic_io import atomic_path, write_atomic
 from mrivol_monai.errors import InputError
 
 __all__ = [
@@ -310,19 +310,9 @@ def write_manifest(manifest: Mapping[str, Any], out: str | os.PathLike) -> Path:
             content["data_root"] = Path(os.path.relpath(root, out.parent)).as_posix()
         except ValueError:
             content["data_root"] = root.as_posix()
-    tmp_name = None
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=out.parent, prefix=f".{out.name}.", suffix=".tmp", delete=False) as tmp:
-            tmp_name = tmp.name
-            json.dump(content, tmp, indent=2)
-            tmp.write("\n")
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, out)
+        write_atomic(out, json.dumps(content, indent=2) + "\n")
     except OSError as err:
-        if tmp_name is not None and os.path.exists(tmp_name):
-            os.unlink(tmp_name)
         raise InputError(out, f"cannot write manifest: {err.strerror or err}") from err
     return out
 
@@ -454,9 +444,8 @@ def remap_labels(
             result = nib.Nifti1Image(np.asarray(result.dataobj).astype(np.uint8), target.affine)
         result.set_data_dtype(np.uint8)
         target_path = out_dir / f"{subject}-{task}.nii.gz"
-        tmp = out_dir / f".{target_path.name}.tmp.nii.gz"
-        nib.save(result, str(tmp))
-        os.replace(tmp, target_path)
+        with atomic_path(target_path) as tmp:
+            nib.save(result, str(tmp))
         written.append(target_path)
     return sorted(written)
 

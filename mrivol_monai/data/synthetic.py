@@ -23,6 +23,7 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
+from mrivol_monai.atomic_io import atomic_path
 from mrivol_monai.data import synthetic_acquisition as acq
 from mrivol_monai.data import synthetic_anatomy as anat
 from mrivol_monai.errors import InputError
@@ -118,9 +119,8 @@ def _save(array: np.ndarray, affine: np.ndarray, path: Path, description: str) -
     image.header["descrip"] = description.encode()[:79]
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
-    tmp = path.with_name(f".{path.name}.tmp.nii.gz")
-    nib.save(image, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        nib.save(image, tmp)
 
 
 def label_volumes_ml(path: str | os.PathLike, labels: tuple[int, ...]) -> dict[int, float]:
@@ -211,10 +211,8 @@ def generate_cohort(out_dir: str | os.PathLike, n_subjects: int = DEFAULT_N_SUBJ
         finally:
             _restore_env(saved)
     csv_path = out / "cohort.csv"
-    tmp = out / ".cohort.csv.tmp"
-    with open(tmp, "w", newline="") as handle:
+    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, csv_path)
     return csv_path

@@ -21,7 +21,7 @@ from scipy import stats as sps
 
 from mrivol_monai.experiments.runner import RESULT_FILE
 from mrivol_monai.experiments.variants import Column, Experiment, Table, get_experiment
-from mrivol_monai.handlers.volume_estimation import write_atomic
+from mrivol_monai.atomic_io import atomic_path, write_atomic
 
 __all__ = ["METRICS", "STRUCTURE_METRICS", "describe", "load_results", "aggregate", "results_csv", "regions_csv",
            "results_markdown", "plot", "write_tables"]
@@ -267,10 +267,9 @@ def plot(exp: Experiment, rows: Sequence[Mapping[str, Any]], path: str | os.Path
     ax.set_title(f"{exp.key}: {exp.title}")
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

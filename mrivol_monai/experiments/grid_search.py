@@ -31,7 +31,7 @@ from typing import Any
 from mrivol_monai.errors import InputError
 from mrivol_monai.experiments.aggregate import describe
 from mrivol_monai.experiments.runner import RunSpec, run_all
-from mrivol_monai.handlers.volume_estimation import write_atomic
+from mrivol_monai.atomic_io import write_atomic
 
 __all__ = ["load_space", "points", "point_id", "grid_specs", "leaderboard", "run_grid"]
 

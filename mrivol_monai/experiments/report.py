@@ -15,7 +15,7 @@ from typing import Any
 from mrivol_monai.errors import InputError
 from mrivol_monai.experiments.aggregate import load_results, results_markdown, write_tables
 from mrivol_monai.experiments.variants import EXPERIMENTS, Experiment
-from mrivol_monai.handlers.volume_estimation import write_atomic
+from mrivol_monai.atomic_io import write_atomic
 
 __all__ = ["hardware", "findings", "build_report", "load_discussion", "write_report"]
 

@@ -36,7 +36,7 @@ from typing import Any
 
 from mrivol_monai.errors import InputError
 from mrivol_monai.experiments.variants import Profile, get_experiment, select_variants
-from mrivol_monai.handlers.volume_estimation import write_atomic
+from mrivol_monai.atomic_io import write_atomic
 
 __all__ = ["RunFailed", "RunSpec", "BUNDLE", "CONFIGS", "RESULT_FILE", "cache_overlay", "warm_cache", "plan", "run_all", "run_one",
            "collect", "execute_run", "read_scalars"]

@@ -31,7 +31,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from monai.data import MetaTensor, decollate_batch
 from monai.data.utils import orientation_ras_lps
 from monai.metrics import compute_dice
 
+from mrivol_monai.atomic_io import atomic_path, write_atomic
 from mrivol_monai.data.synthetic import label_volumes_ml
 from mrivol_monai.errors import InputError
 
@@ -54,23 +54,6 @@ COLUMNS = (
     "true_ml", "true_grid_ml", "pct_error_voxels", "pct_error_ml", "resampling_pct_error", "estimate", "dice",
 )
 ERROR_STATS = ("signed_pct_mean", "signed_pct_std", "abs_pct_mean", "abs_pct_std", "share_over", "share_under")
-
-
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
-    """Write ``data`` to a temp file next to ``path`` and rename it into place (readers never see half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = "wb" if isinstance(data, bytes) else "w"
-    with tempfile.NamedTemporaryFile(mode, dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
-                                     delete=False) as tmp:
-        tmp.write(data)
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp.name, 0o666 & ~umask)  # NamedTemporaryFile makes 0600; results files get the usual mode
-    os.replace(tmp.name, path)
-    return path
 
 
 def normalise_class_names(class_names: Mapping[Any, str] | Sequence[str]) -> list[str]:
@@ -265,9 +248,8 @@ def _save_mask(mask: torch.Tensor, ref: MetaTensor, path: Path) -> None:
     if str(ref.meta.get("space", "RAS")).upper() == "LPS":
         affine = orientation_ras_lps(affine)
     image = nib.Nifti1Image(torch.as_tensor(mask).argmax(0).cpu().numpy().astype(np.uint8), affine)
-    tmp = path.with_name(f".{path.name}.tmp.nii.gz")
-    nib.save(image, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        nib.save(image, tmp)
 
 
 class VolumeEstimationHandler:

@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
-from mrivol_monai.handlers.volume_estimation import write_atomic
+from mrivol_monai.atomic_io import write_atomic
 
 # class id -> colour; background transparent-black, then distinct colours for structures
 _CLASS_COLOURS = ("#000000", "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6")
