@@ -3,7 +3,9 @@
 Builds an IXI-size SynthIXI scan (256x256x150 int16 .nii.gz, 0.94x0.94x1.2 mm), then times
 ``Predictor.segment``: load -> preprocess -> 40 slices through the net -> stack -> ``Invertd`` onto the
 native 256x256x150 grid -> argmax -> volumes (mask/QC writing excluded). Each configuration runs in its
-own subprocess (peak RSS of one does not hide the next); one warm-up, then the median of ``--runs``.
+own subprocess (peak RSS of one does not hide the next); one warm-up, then the median of ``--runs``. The
+network alone (all D slices of the preprocessed scan, ``--slices-per-call`` at a time) is timed too, so the
+printed ratios show both the end-to-end speed-up and the network's, and how much of a scan is fixed cost.
 
 Configurations: the default model (UNet2d, 4 ED blocks, width 16: the shipped checkpoint if present,
 otherwise the same network with random weights; time does not depend on the weights) on the torch and
