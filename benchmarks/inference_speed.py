@@ -156,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be >= 1")
+    if args.slices_per_call < 0:
+        parser.error("--slices-per-call must be >= 0 (0: all slices at once)")
     if args.worker:
         print(json.dumps(worker(args.worker, Path(args.scan), args.runs, args.threads, args.seed,
                                 args.slices_per_call or None)))

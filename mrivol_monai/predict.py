@@ -215,6 +215,8 @@ class Predictor:
         if isinstance(network, SliceSegmenter):
             # NHWC convolutions: ~1.4x faster for these 2D nets on CPU (oneDNN), same numbers
             network = network.to(memory_format=torch.channels_last)
+        if slices_per_call is not None and slices_per_call < 1:
+            raise ValueError(f"slices_per_call must be >= 1 or None (all slices), got {slices_per_call}")
         self.network, self.spec, self.backend = network, spec, backend
         self.loaders = {
             "nifti": LoadImaged("image", reader=IgzipNibabelReader, ensure_channel_first=True, image_only=True),

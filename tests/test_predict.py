@@ -376,3 +376,19 @@ def test_igzip_reader_gives_nibabel_readers_array_and_affine(tmp_path, endian):
     assert torch.allclose(fast["image"].affine, slow["image"].affine)
     assert np.allclose(fast["image"].meta["original_affine"], affine)
     assert fast["image"].shape == (1, *image.shape)
+
+
+def test_batching_slices_does_not_change_the_mask_and_bad_batch_sizes_are_refused(tmp_path):
+    image, _, affine = ellipsoid_scan()
+    path = save(tmp_path / "e.nii.gz", image, affine)
+    spec = task_spec("brain", {"_target_": "mrivol_monai.networks.UNet2d", "in_channels": 1, "ed_blocks": 2,
+                               "width": 4}, spatial_size=SPATIAL)
+    torch.manual_seed(0)
+    net = UNet2d(1, 2, ed_blocks=2, width=4).eval()
+    with torch.no_grad():
+        net.head.conv.bias.copy_(torch.tensor([0.0, 0.3]))
+    masks = [Predictor(net, spec, slices_per_call=n).segment(path).mask for n in (None, 3)]
+    assert 0 < np.count_nonzero(masks[0]) < masks[0].size  # a mask with both classes, so equality means something
+    assert np.array_equal(masks[0], masks[1])
+    with pytest.raises(ValueError, match="slices_per_call must be >= 1"):
+        Predictor(net, spec, slices_per_call=0)
