@@ -15,6 +15,7 @@ from mrivol_monai.transforms import (
     RandStructureSlicesd,
     build_augmentation,
     depth_axcodes,
+    head_foreground,
     structure_slices,
 )
 from mrivol_monai.transforms.augmentation import resolve
@@ -178,3 +179,16 @@ def test_depth_axis_comes_first_after_orientation(axis, first):
     assert out.shape[1] == expected_depth
     with pytest.raises(ValueError, match="depth_axis"):
         depth_axcodes("oblique")
+
+
+def test_head_foreground_samples_every_kth_flat_voxel_of_a_permuted_view():
+    """The threshold comes from every k-th voxel in C order of the (possibly re-oriented) view, as a plain
+    ``reshape(-1)[::k]`` would pick them, so training and inference crops do not depend on memory layout."""
+    gen = torch.Generator().manual_seed(0)
+    view = torch.rand(1, 75, 128, 128, generator=gen).permute(0, 3, 1, 2)  # non-contiguous, like Orientationd
+    sample = view.reshape(-1)[:: view.numel() // 250_000]
+    high = sample.kthvalue(int(round(0.99 * sample.numel()))).values
+    mask = head_foreground(view)
+    assert torch.equal(mask, view > 0.1 * high)
+    assert torch.equal(mask, head_foreground(view.contiguous()))
+    assert 0.05 < mask.float().mean() < 1.0  # a threshold inside the intensity range, so equality can fail

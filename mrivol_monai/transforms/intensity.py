@@ -6,7 +6,6 @@ noise, so we compute statistics inside a thresholded head mask instead.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable, Mapping
 
 import numpy as np
@@ -27,10 +26,11 @@ def head_foreground(img: torch.Tensor | np.ndarray, fraction: float = HEAD_THRES
     if isinstance(img, torch.Tensor):
         # plain tensor: MetaTensor's per-op metadata handling made the bounding-box search 3x slower
         img = img.as_tensor() if isinstance(img, MetaTensor) else img
-        # a regular grid of ~250k voxels (every k-th along each spatial axis) gives the percentile to well
-        # under 1 %, 5x faster than all; strided views, so a permuted (re-oriented) image is not copied
-        step = max(1, math.ceil((img[0].numel() / 250_000) ** (1.0 / (img.ndim - 1))))
-        sample = img.detach()[(slice(None),) + (slice(None, None, step),) * (img.ndim - 1)].reshape(-1).float()
+        # every k-th voxel in flat (C-order) index, ~250k of them, gives the percentile to well under 1 %, 5x
+        # faster than all; gathered by index, because flattening a permuted (re-oriented) view copies it whole
+        step = max(1, img.numel() // 250_000)
+        flat_index = torch.arange(0, img.numel(), step, device=img.device)
+        sample = img.detach()[torch.unravel_index(flat_index, img.shape)].float()
         high = sample.kthvalue(max(1, int(round(0.99 * sample.numel())))).values
     else:
         high = np.percentile(img, 99)
