@@ -265,3 +265,29 @@ def test_bundle_verify_net_in_out_catches_wrong_channels() -> None:
             device="cpu",
             **{"network_def#out_channels": 3},
         )
+
+
+@pytest.mark.parametrize("family", ["unet", "segnet"])
+def test_fold_batch_norm_keeps_outputs_and_leaves_no_batchnorm(family):
+    from mrivol_monai.networks import fold_batch_norm
+
+    torch.manual_seed(0)
+    net = build(family, in_channels=1, out_channels=3, ed_blocks=3, width=4)
+    for m in net.modules():  # running statistics far from the identity, so folding has work to do
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.2, 3.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.3, 0.3)
+    net.train()
+    x = torch.randn(3, 1, 16, 16)
+
+    folded = fold_batch_norm(net)
+
+    assert net.training and not folded.training  # the original is untouched, the copy is for inference
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) > 0
+    with torch.no_grad():
+        expected = net.eval()(x)
+        assert torch.allclose(folded(x), expected, atol=1e-5)
+        assert not torch.allclose(expected, torch.zeros_like(expected))

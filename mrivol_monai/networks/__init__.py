@@ -4,7 +4,7 @@ All map (N, C_in, H, W) images to (N, C_out, H, W) logits (no activation inside)
 divisible by ``2 ** (ed_blocks - 1)``.
 """
 
-from mrivol_monai.networks.blocks import SliceSegmenter, count_parameters
+from mrivol_monai.networks.blocks import SliceSegmenter, count_parameters, fold_batch_norm
 from mrivol_monai.networks.fcn import FCN2d
 from mrivol_monai.networks.registry import NETWORKS, PAPER_DEFAULTS, build, unet3d
 from mrivol_monai.networks.segnet import SegNet2d
@@ -19,5 +19,6 @@ __all__ = [
     "UNet2d",
     "build",
     "count_parameters",
+    "fold_batch_norm",
     "unet3d",
 ]
