@@ -1,8 +1,8 @@
 """End-to-end time and memory of ``mrivol predict`` on one IXI-size scan, per model and backend.
 
 Builds an IXI-size SynthIXI scan (256x256x150 int16 .nii.gz, 0.94x0.94x1.2 mm), then times
-``Predictor.segment``: load -> preprocess -> 40 slices through the net -> stack -> ``Invertd`` onto the
-native 256x256x150 grid -> argmax -> volumes (mask/QC writing excluded). Each configuration runs in its
+``Predictor.segment``: load -> preprocess -> 40 slices through the net -> stack -> back onto the native
+256x256x150 grid (what ``Invertd`` does) -> argmax -> volumes (mask/QC writing excluded). Each configuration runs in its
 own subprocess (peak RSS of one does not hide the next); one warm-up, then the median of ``--runs``. The
 network alone (all D slices of the preprocessed scan, ``--slices-per-call`` at a time) is timed too, so the
 printed ratios show both the end-to-end speed-up and the network's, and how much of a scan is fixed cost.
@@ -91,6 +91,18 @@ def build_predictor(model: str, backend: str, seed: int, slices_per_call: int | 
     return Predictor(net, spec, slices_per_call=slices_per_call), count_parameters(net), "random"
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB. VmHWM (Linux) starts afresh at exec; ``ru_maxrss`` does not:
+    it keeps the peak of the parent this worker was forked from (the one that generated the scan)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def worker(name: str, scan: Path, runs: int, threads: int | None, seed: int, slices_per_call: int | None) -> dict:
     """Time one configuration in this process; returns the figures as a dict. ``net_s``: the network alone
     on the preprocessed (1, D, H, W) image (all slices), timed after the end-to-end runs."""
@@ -107,8 +119,8 @@ def worker(name: str, scan: Path, runs: int, threads: int | None, seed: int, sli
         elapsed = time.perf_counter() - start
         if i:
             seconds.append(elapsed)
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    image = predictor.preprocessing({"image": predictor.load(scan)})["image"]
+    rss_mb = peak_rss_mb()
+    image = predictor.model_input(scan)[0]
     net_seconds = []
     for i in range(runs + 1):
         start = time.perf_counter()

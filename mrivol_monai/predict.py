@@ -1,13 +1,14 @@
 """Segment new scans: NIfTI files or DICOM series -> native-space masks, volumes in mL, QC pictures.
 
-Per scan (:meth:`Predictor.segment`): load (nibabel for NIfTI, ITK for DICOM series folders) -> the
-training preprocessing on the image alone (depth-first orientation, head crop, resize to the model's
-(D, H, W) grid, head z-score) -> ``SliceInferer`` over the D slices -> softmax -> back through resize, crop
-and orientation onto the input's own voxel grid with MONAI's inverses (the argmax taken right after the
-resize: :meth:`Predictor.to_native`, the same labels as ``Invertd`` then argmax). Volumes are voxel counts of that
-native mask times the input's voxel volume. :func:`predict` runs that over many scans, writes
-``<scan>_seg.nii.gz`` (the input's affine and shape), ``<scan>_qc.png`` and one ``volumes.csv`` row per
-scan, and reports bad inputs one line each without stopping.
+Per scan (:meth:`Predictor.segment`): read (nibabel with ISA-L gunzip for NIfTI, ITK for DICOM series
+folders) -> the training preprocessing on the image alone (depth-first orientation, head crop, resize to the
+model's (D, H, W) grid, head z-score; :func:`preprocessing` is that chain in MONAI transforms) ->
+``SliceInferer`` over the D slices -> softmax -> back through resize, crop and orientation onto the input's
+own voxel grid -> argmax. Both directions run through :mod:`mrivol_monai.native_grid`, which does what
+those MONAI transforms and ``Invertd`` do without whole-volume copies (tests check it against them).
+Volumes are voxel counts of the native mask times the input's voxel volume. :func:`predict` runs that over
+many scans, writes ``<scan>_seg.nii.gz`` (the input's affine and shape), ``<scan>_qc.png`` and one
+``volumes.csv`` row per scan, and reports bad inputs one line each without stopping.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,8 +32,6 @@ from monai.transforms import (
     Compose,
     CropForegroundd,
     EnsureTyped,
-    Invertd,
-    InvertibleTransform,
     LoadImaged,
     MapTransform,
     Orientationd,
@@ -44,8 +42,14 @@ from tqdm import tqdm
 from mrivol_monai.atomic_io import atomic_path, write_atomic
 from mrivol_monai.data.nifti_reader import IgzipNibabelReader
 from mrivol_monai.errors import InputError
-from mrivol_monai.networks import SliceSegmenter
-from mrivol_monai.transforms import CheckVolumed, HeadZScored, depth_axcodes, head_foreground
+from mrivol_monai.native_grid import CROP_MARGIN, GridMap, model_input
+from mrivol_monai.networks import SliceSegmenter, fold_batch_norm
+from mrivol_monai.transforms import (
+    CheckVolumed,
+    HeadZScored,
+    depth_axcodes,
+    head_foreground,
+)
 from mrivol_monai.weights import ModelSpec
 
 __all__ = [
@@ -72,7 +76,6 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 MASK_SUFFIX = "_seg.nii.gz"
 QC_SUFFIX = "_qc.png"
 VOLUMES_CSV = "volumes.csv"
-CROP_MARGIN = 2  # voxels around the head box, as in train.json
 SLICES_PER_CALL = 10  # peak RSS vs speed on an IXI-size scan: see benchmarks/inference_speed.py --slices-per-call
 
 
@@ -195,8 +198,8 @@ class VolumesCSVd(MapTransform):
 
 @dataclass
 class Segmentation:
-    """One segmented scan on its native grid: ``image`` (X, Y, Z) float32 as loaded, ``mask`` (X, Y, Z)
-    uint8 labels, ``affine`` (4, 4) voxel -> RAS mm of the input, ``volumes`` mL per structure."""
+    """One segmented scan on its native grid: ``image`` (X, Y, Z) voxels as stored (int16 for most scans),
+    ``mask`` (X, Y, Z) uint8 labels, ``affine`` (4, 4) voxel -> RAS mm of the input, ``volumes`` mL per structure."""
 
     source: str
     image: np.ndarray
@@ -208,25 +211,21 @@ class Segmentation:
 class Predictor:
     """A loaded model plus the per-scan pipeline. ``network``: (N, 1, H, W) -> (N, C, H, W) logits (a torch
     module or :class:`mrivol_monai.export.OnnxSegmenter`). ``slices_per_call``: slices per network call
-    (None: all D at once); 10 keeps the activations of a width-16 UNet to ~60 MB instead of ~240 MB."""
+    (None: all D at once); 10 keeps the activations of a width-16 UNet to ~60 MB instead of ~240 MB.
+    A torch network is run as an eval-mode copy with its BatchNorms folded into the convolutions."""
 
     def __init__(self, network: Callable[[torch.Tensor], torch.Tensor], spec: ModelSpec, backend: str = "torch",
                  slices_per_call: int | None = SLICES_PER_CALL) -> None:
         if isinstance(network, SliceSegmenter):
             # NHWC convolutions: ~1.4x faster for these 2D nets on CPU (oneDNN), same numbers
-            network = network.to(memory_format=torch.channels_last)
+            network = fold_batch_norm(network).to(memory_format=torch.channels_last)
         if slices_per_call is not None and slices_per_call < 1:
             raise ValueError(f"slices_per_call must be >= 1 or None (all slices), got {slices_per_call}")
         self.network, self.spec, self.backend = network, spec, backend
-        self.loaders = {
-            "nifti": LoadImaged("image", reader=IgzipNibabelReader, ensure_channel_first=True, image_only=True),
-            "itk": LoadImaged("image", reader="ITKReader", ensure_channel_first=True, image_only=True),
-        }
-        self.preprocessing = preprocessing(spec.spatial_size, spec.depth_axis)
+        self.dicom_loader = LoadImaged("image", reader="ITKReader", ensure_channel_first=True, image_only=True)
         d, h, w = spec.spatial_size
         self.inferer = SliceInferer(roi_size=(h, w), spatial_dim=0, sw_batch_size=min(d, slices_per_call or d),
                                     progress=False)
-        self.invert = Invertd("pred", transform=self.preprocessing, orig_keys="image", nearest_interp=False)
 
     @classmethod
     def from_model(cls, model: str | os.PathLike | None = None, task: str | None = None, backend: str = "torch",
@@ -252,67 +251,53 @@ class Predictor:
                        slices_per_call)
         return cls(net, spec, backend, slices_per_call)
 
-    def load(self, path: str | os.PathLike) -> MetaTensor:
-        """Read a NIfTI file or DICOM series folder -> (1, X, Y, Z) MetaTensor (affine: voxel -> RAS)."""
+    def read(self, path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+        """Read a NIfTI file or DICOM series folder -> ((X, Y, Z) voxels as stored, (4, 4) voxel -> RAS affine).
+
+        NIfTI: nibabel (ISA-L gunzip) without MONAI's C-order float32 copy; a trailing 4th axis of size 1 is
+        dropped (MONAI's loader reads it as the channel). DICOM: MONAI's ``ITKReader``.
+        """
         path = Path(path)
         if not path.exists():
             raise InputError(path, "no such file or folder")
-        kind = "nifti" if path.is_file() and _is_nifti(path) else "itk"
-        what = "NIfTI image" if kind == "nifti" else ("DICOM series" if path.is_dir() else "image")
+        nifti = path.is_file() and _is_nifti(path)
+        what = "NIfTI image" if nifti else ("DICOM series" if path.is_dir() else "image")
         try:
-            return self.loaders[kind]({"image": str(path)})["image"]
+            if nifti:
+                img = IgzipNibabelReader().read(str(path))
+                image, affine = np.asanyarray(img.dataobj), np.asarray(img.affine, dtype=np.float64)
+            else:
+                loaded = self.dicom_loader({"image": str(path)})["image"]
+                image, affine = loaded.numpy()[0], np.asarray(loaded.affine, dtype=np.float64)
         except Exception as err:  # reader libraries raise many types; all mean the same thing here
             first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
             raise InputError(path, f"cannot read as a {what} ({first.strip()[:160]})") from err
+        if image.ndim == 4 and image.shape[3] == 1:
+            image = image[..., 0]
+        return image, affine
+
+    def model_input(self, path: str | os.PathLike) -> tuple[torch.Tensor, GridMap, np.ndarray, np.ndarray]:
+        """Read and preprocess one scan -> ((1, D, H, W) float32 model input, its GridMap, stored voxels, affine)."""
+        image, affine = self.read(path)
+        try:
+            x, grid = model_input(image, affine, self.spec.spatial_size, self.spec.depth_axis)
+        except InputError as err:
+            raise InputError(path, err.problem) from None
+        return x, grid, image, affine
 
     def logits(self, image: torch.Tensor) -> torch.Tensor:
         """(1, D, H, W) preprocessed image -> (C, D, H, W) logits, slice by slice along D."""
         with torch.inference_mode():
             return self.inferer(torch.as_tensor(image)[None], self.network)[0]
 
-    def to_native(self, probs: torch.Tensor, image: MetaTensor) -> MetaTensor:
-        """(C, D, H, W) class probabilities on the model grid of the preprocessed ``image`` -> (1, X, Y, Z) uint8
-        labels on the input's native grid.
-
-        Equal to MONAI's ``Invertd`` over the whole preprocessing followed by an argmax (``self.invert``; a test
-        checks it voxel for voxel), done in a cheaper order:
-
-        - only the resize is undone on floats (MONAI's inverse of ``Resized``, same ``area`` mode), so the
-          boundary comes from the probabilities rather than from nearest-neighbour labels;
-        - the argmax comes next; MONAI's inverses of the head crop (zero padding, i.e. background) and of
-          the orientation (axis permutations and flips) commute with it, so they move 1 uint8 channel
-          instead of C float32 ones.
-        """
-        applied = deepcopy(image.applied_operations)
-        *label_steps, resize_step = [t for t in self.preprocessing.transforms if isinstance(t, InvertibleTransform)]
-        if not isinstance(resize_step, Resized):  # the order in preprocessing(); guard against edits there
-            raise RuntimeError(f"preprocessing must end its invertible steps with Resized, not {resize_step}")
-        pred = MetaTensor(probs, meta=deepcopy(image.meta), applied_operations=applied)
-        pred = resize_step.inverse({"image": pred})["image"]
-        labels = channel_argmax(pred)
-        del pred
-        for step in reversed(label_steps):
-            labels = step.inverse({"image": labels})["image"]
-        return labels
-
     def segment(self, path: str | os.PathLike) -> Segmentation:
         """Segment one scan; :class:`InputError` for unreadable or unusable input."""
-        native = self.load(path)
-        try:
-            data = self.preprocessing({"image": native})
-        except RuntimeError as err:  # Compose wraps a transform's error; surface our own one-line InputError
-            cause = err
-            while cause is not None and not isinstance(cause, InputError):
-                cause = cause.__cause__ or cause.__context__
-            raise (InputError(path, cause.problem) if cause is not None else err) from err
-        probs = torch.softmax(self.logits(data["image"]).float(), dim=0)
-        mask = self.to_native(probs, data["image"])[0].cpu().numpy()
-        del probs, data
-        shape = tuple(native.shape[1:])
-        if mask.shape != shape:  # Invertd must land exactly on the input grid; anything else is a bug
-            raise RuntimeError(f"{path}: inverted mask has shape {mask.shape}, input has {shape}")
-        affine = np.asarray(native.meta["original_affine"], dtype=np.float64)
-        image = torch.as_tensor(native)[0].float().cpu().numpy()
+        x, grid, image, affine = self.model_input(path)
+        probs = torch.softmax(self.logits(x).float(), dim=0)
+        mask = grid.to_native(probs)
+        del probs
+        if mask.shape != image.shape:  # the inverse must land exactly on the input grid; anything else is a bug
+            raise RuntimeError(f"{path}: native mask has shape {mask.shape}, input has {image.shape}")
         return Segmentation(str(path), image, mask, affine, volumes_ml(mask, affine, self.spec.class_names))
 
 

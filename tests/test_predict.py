@@ -10,13 +10,17 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.data import MetaTensor
 from monai.transforms import Compose, CropForegroundd, LoadImaged, Orientationd, Resized
 from torch import nn
 
 from mrivol_monai.cli import main
 from mrivol_monai.networks import UNet2d
-from mrivol_monai.predict import Predictor, append_csv_row, channel_argmax, find_scans, predict
+from mrivol_monai.predict import (
+    Predictor,
+    append_csv_row,
+    find_scans,
+    predict,
+)
 from mrivol_monai.transforms import depth_axcodes, head_foreground
 from mrivol_monai.weights import load_model, task_spec
 
@@ -146,42 +150,25 @@ def test_oracle_mask_is_exact_on_native_non_ras_anisotropic_grid(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
 
-def test_oracle_volume_within_two_percent_when_grids_do_not_align(tmp_path):
+def test_oracle_volume_keeps_the_model_grid_volume_when_grids_do_not_align(tmp_path):
+    """Box 28x40x34 -> model 16x32x32: no integer factors. The native mask must carry the volume the model-grid
+    mask stands for (each model voxel = box volume / model voxels) to well under 1 %; against the true label
+    the oracle itself is off by its nearest-neighbour resampling of the label (+3.9 % here), so 5 %."""
     image, label, affine = ellipsoid_scan()
     img_path = save(tmp_path / "e.nii.gz", image, affine)
     lab_path = save(tmp_path / "e_label.nii.gz", label, affine)
     spatial = [16, 32, 32]
-    predictor = Predictor(oracle_for(img_path, lab_path, 2, spatial), task_spec("brain", spatial_size=spatial),
-                          slices_per_call=None)
+    oracle = oracle_for(img_path, lab_path, 2, spatial)
+    predictor = Predictor(oracle, task_spec("brain", spatial_size=spatial), slices_per_call=None)
     seg = predictor.segment(img_path)
+    _, grid, _, _ = predictor.model_input(img_path)
+    model_grid_ml = (oracle.logits[:, 1] > 0).float().mean().item() * np.prod(grid.box_shape) * voxel_ml(affine)
     truth = np.count_nonzero(label) * voxel_ml(affine)
     assert seg.mask.shape == label.shape
-    assert seg.volumes["brain"] == pytest.approx(truth, rel=0.02)
+    assert seg.volumes["brain"] == pytest.approx(model_grid_ml, rel=0.01)
+    assert seg.volumes["brain"] == pytest.approx(truth, rel=0.05)
     dice = 2 * np.count_nonzero(seg.mask & label) / (np.count_nonzero(seg.mask) + np.count_nonzero(label))
     assert dice > 0.95
-
-
-def test_to_native_matches_invertd_then_argmax_on_soft_multiclass_probabilities(tmp_path):
-    """The staged inverse (resize undone on floats, argmax, then crop/orientation undone on uint8 labels)
-    gives MONAI's Invertd-then-argmax labels voxel for voxel, on a non-RAS grid whose crop pads and crops."""
-    image, _, affine = ellipsoid_scan(shape=(23, 37, 30), seed=3)
-    path = save(tmp_path / "soft.nii.gz", image, affine)
-    spatial = [12, 16, 16]
-    spec = task_spec("brain", spatial_size=spatial)
-    spec.num_classes, spec.class_names = 4, ["background", "a", "b", "c"]
-    predictor = Predictor(nn.Identity(), spec)
-    data = predictor.preprocessing({"image": predictor.load(path)})
-    gen = torch.Generator().manual_seed(0)
-    smooth = torch.nn.functional.avg_pool3d(torch.randn(1, 4, *spatial, generator=gen), 3, 1, 1)[0]
-    probs = torch.softmax(4 * smooth, dim=0)
-
-    staged = torch.as_tensor(predictor.to_native(probs, data["image"]))
-    data["pred"] = MetaTensor(probs, meta=dict(data["image"].meta))
-    reference = channel_argmax(torch.as_tensor(predictor.invert(data)["pred"]))
-
-    assert staged.dtype == torch.uint8 and staged.shape == (1, *image.shape)
-    assert set(torch.unique(staged).tolist()) == {0, 1, 2, 3}  # every class survives at native size
-    assert torch.equal(staged, reference)
 
 
 def tiny_checkpoint(path: Path, task: str = "brain", seed: int = 0, meta: bool = True, bias: float = 0.5) -> Path:
