@@ -111,7 +111,8 @@ class GridMap:
     ``native_shape``: (X, Y, Z) of the stored array; ``memory_axes``: its axes from slowest- to
     fastest-varying in memory; ``model_axes[k]``/``flips[k]``: the memory axis that model axis k (D, H, W) runs
     along, and whether it runs backwards; ``box_start``/``box_end``: the head box (margin included) in memory
-    coordinates, which may leave the array (zero padding); ``spatial_size``: the model grid (D, H, W).
+    coordinates, which may leave the array (zero padding); ``spatial_size``: the model grid (D, H, W);
+    ``threshold``: the head threshold (``head_foreground``'s) the box was found with.
     """
 
     native_shape: tuple[int, int, int]
@@ -121,6 +122,7 @@ class GridMap:
     box_start: tuple[int, int, int]
     box_end: tuple[int, int, int]
     spatial_size: tuple[int, int, int]
+    threshold: float = float("nan")
 
     @property
     def memory_shape(self) -> tuple[int, ...]:
@@ -172,9 +174,9 @@ class GridMap:
             # towards the nearer, see _pool_weights): argmax those 3 * n0 - 2 distinct planes only, then repeat
             # their labels (a uint8 copy instead of a float pass over the whole box)
             start, stop = _windows(n0, b0)
-            near, far = 0.5 + TIE_BREAK, 0.5 - TIE_BREAK
-            distinct = torch.cat([_argmax(scores), _argmax(near * scores[:, :-1] + far * scores[:, 1:]),
-                                  _argmax(far * scores[:, :-1] + near * scores[:, 1:])])
+            first, second = scores[:, :-1], scores[:, 1:]
+            distinct = torch.cat([_argmax(scores), _argmax(torch.lerp(first, second, 0.5 - TIE_BREAK)),
+                                  _argmax(torch.lerp(first, second, 0.5 + TIE_BREAK))])
             which = torch.where(stop - start == 1, start,
                                 torch.where(_nearer_first(n0, b0), n0 + start, 2 * n0 - 1 + start))
             labels = distinct.index_select(0, which)
@@ -191,7 +193,7 @@ def _argmax(scores: torch.Tensor) -> torch.Tensor:
     """(C, *spatial) scores -> (*spatial) uint8 labels; one channel is a two-class score difference (label 1
     where it is positive, i.e. where class 1 beats class 0; ties go to class 0, as in an argmax)."""
     if scores.shape[0] == 1:
-        return (scores[0] > 0).to(torch.uint8)
+        return (scores[0] > 0).view(torch.uint8)  # bool and uint8 share a layout: no copy
     from mrivol_monai.predict import channel_argmax  # predict imports this module
 
     return channel_argmax(scores)[0]
@@ -234,10 +236,15 @@ def model_input(image: np.ndarray, affine: np.ndarray, spatial_size: Sequence[in
     model_axes = tuple(memory_axes.index(model_of_native.index(k)) for k in range(3))
     flips = tuple(bool(ornt[model_of_native.index(k), 1] < 0) for k in range(3))
 
-    # the head threshold from the voxels head_foreground samples on the re-oriented image (a zero-copy view)
-    oriented = nib.orientations.apply_orientation(work.transpose(np.argsort(memory_axes)), ornt)
-    threshold = head_threshold(torch.from_numpy(np.ascontiguousarray(oriented[head_sample_index(oriented.shape)])),
-                               fraction)
+    # the head threshold from the voxels head_foreground samples on the re-oriented image: its flat C-order
+    # positions, mapped through the orientation onto memory offsets and gathered from the stored array
+    grid_shape = tuple(work.shape[model_axes[k]] for k in range(3))
+    offsets = torch.zeros(1, dtype=torch.int64)
+    for k, index in enumerate(head_sample_index(grid_shape)):
+        index = torch.from_numpy(index)
+        offsets = offsets + (grid_shape[k] - 1 - index if flips[k] else index) * work.strides[model_axes[k]] \
+            // work.itemsize
+    threshold = head_threshold(volume.reshape(-1)[offsets], fraction)
     plane = volume.amax(dim=0)
     profiles = (volume.amax(dim=(1, 2)), plane.amax(dim=1), plane.amax(dim=0))
     start, end = [], []
@@ -248,7 +255,7 @@ def model_input(image: np.ndarray, affine: np.ndarray, spatial_size: Sequence[in
         start.append(int(hits[0]) - margin)
         end.append(int(hits[-1]) + margin + 1)
     grid = GridMap(tuple(image.shape), memory_axes, model_axes, flips, tuple(start), tuple(end),
-                   tuple(int(s) for s in spatial_size))
+                   tuple(int(s) for s in spatial_size), float(threshold))
 
     # Resized(mode="area") on the zero-padded crop, without making either: the slowest memory axis by summing
     # each window's planes (int16 -> float32 on the fly), the other two by matrix products; the padding is

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Invertd, LoadImaged
+from monai.transforms import Invertd, LoadImaged, Orientationd
 
 from mrivol_monai.errors import InputError
 from mrivol_monai.native_grid import TIE_BREAK, GridMap, area_resize, model_input
 from mrivol_monai.predict import channel_argmax, preprocessing
+from mrivol_monai.transforms import depth_axcodes, head_sample_index, head_threshold
 
 SPATIAL = (10, 16, 16)
 
@@ -26,7 +27,7 @@ def head_scan(shape, axcodes: str, background: str, seed: int = 0) -> tuple[np.n
     grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
     centre = np.array([0.1, -0.05, 0.08])[:, None, None, None]
     r = np.sqrt((((grid - centre) / np.array([0.7, 0.75, 0.65])[:, None, None, None]) ** 2).sum(0))
-    image = np.where(r < 1, 300.0 + 200.0 * (r < 0.6), 0.0)
+    image = 300.0 * np.clip((1.0 - r) / 0.5, 0.0, 1.0) + 200.0 * (r < 0.5)  # a soft scalp edge
     image += np.abs(rng.normal(0, 25 if background == "noise" else 0, shape)) + rng.normal(0, 5, shape) * (r < 1)
     ras = np.diag([1.2, 0.9, 2.0, 1.0])
     ras[:3, 3] = (-10.0, 20.0, 5.0)
@@ -48,25 +49,32 @@ def monai_reference(path: Path):
     return chain(loaded), chain
 
 
-CASES = [  # stored axes, memory order of the array given to model_input, dtype, background
-    ("RAS", "F", np.int16, "noise"),
-    ("LPS", "C", np.float32, "zero"),
-    ("PIR", "F", np.float32, "noise"),
-    ("AIL", "C", np.int16, "zero"),
+CASES = [  # stored axes, memory order of the array given to model_input, dtype, background, RAS shape
+    ("RAS", "F", np.int16, "noise", (21, 26, 23)),
+    ("LPS", "C", np.float32, "zero", (21, 26, 23)),
+    ("PIR", "F", np.float32, "noise", (21, 26, 23)),
+    ("AIL", "C", np.int16, "zero", (21, 26, 23)),
+    # > 500k voxels: the head threshold samples every 2nd voxel of the re-oriented image, which must be
+    # the same voxels whatever the stored order (a zero background makes the box depend on the threshold)
+    ("ILP", "F", np.float32, "zero", (81, 90, 77)),
 ]
 
 
-@pytest.mark.parametrize("axcodes,order,dtype,background", CASES)
-def test_model_input_equals_monai_preprocessing(tmp_path, axcodes, order, dtype, background):
-    image, affine = head_scan((21, 26, 23), axcodes, background)
+@pytest.mark.parametrize("axcodes,order,dtype,background,shape", CASES)
+def test_model_input_equals_monai_preprocessing(tmp_path, axcodes, order, dtype, background, shape):
+    image, affine = head_scan(shape, axcodes, background)
     stored = np.asarray(image.astype(dtype), order=order)
     path = save(tmp_path / "scan.nii.gz", stored, affine)
     reference = monai_reference(path)[0]["image"].as_tensor()
 
     x, grid = model_input(stored, affine, SPATIAL)
+    oriented = Orientationd("image", axcodes=depth_axcodes("axial"), labels=None)(
+        LoadImaged("image", ensure_channel_first=True, image_only=True)({"image": str(path)}))["image"]
 
     assert x.shape == reference.shape == (1, *SPATIAL) and x.dtype == torch.float32
     assert torch.allclose(x, reference, atol=1e-5)
+    # the same voxels set the head threshold as head_foreground samples on MONAI's re-oriented image
+    assert grid.threshold == float(head_threshold(oriented.as_tensor()[head_sample_index(tuple(oriented.shape))]))
     pads = any(s < 0 for s in grid.box_start)
     assert pads == (background == "noise")  # both crop paths (with and without padding) are exercised
 
