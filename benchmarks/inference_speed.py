@@ -112,7 +112,7 @@ def worker(name: str, scan: Path, runs: int, threads: int | None, seed: int, sli
         torch.set_num_threads(threads)
     model, backend = CONFIGS[name]
     predictor, params, weights = build_predictor(model, backend, seed, slices_per_call)
-    seconds, stages = [], []
+    seconds = []
     for i in range(runs + 1):  # the first run warms up allocators and the onnxruntime session
         start = time.perf_counter()
         seg = predictor.segment(scan)

@@ -26,6 +26,7 @@ the network. Written by hand because MONAI's transforms need that tensor; the ar
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -203,10 +204,10 @@ def _memory_view(image: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]]:
     """(X, Y, Z) array -> (C-ordered array over its memory, its axes slowest first); copies only if needed."""
     axes = tuple(int(a) for a in np.argsort([-abs(s) for s in image.strides], kind="stable"))
     work = image.transpose(axes)
-    if work.dtype.type not in _KEPT_DTYPES:
+    if work.dtype.type not in _KEPT_DTYPES or not work.dtype.isnative:
         work = work.astype(np.float32)  # what MONAI's loader casts to; also float64 from scaled NIfTI data
-    if not (work.flags.c_contiguous and work.flags.writeable):
-        work = np.ascontiguousarray(work) if work.flags.writeable else np.array(work, order="C")
+    if not work.flags.c_contiguous:
+        work = np.ascontiguousarray(work)
     return work, axes
 
 
@@ -223,7 +224,9 @@ def model_input(image: np.ndarray, affine: np.ndarray, spatial_size: Sequence[in
     if image.ndim != 3:
         raise InputError(None, f"expected a single 3D image, got array shape {tuple(image.shape)}")
     work, memory_axes = _memory_view(image)
-    volume = torch.from_numpy(work)
+    with warnings.catch_warnings():  # a read-only view over the file's bytes: only ever read here
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        volume = torch.from_numpy(work)
     low, high = (float(v) for v in torch.aminmax(volume))
     if not (np.isfinite(low) and np.isfinite(high)):
         raise InputError(None, "image contains NaN or infinite values")

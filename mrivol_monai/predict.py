@@ -40,7 +40,7 @@ from monai.transforms import (
 from tqdm import tqdm
 
 from mrivol_monai.atomic_io import atomic_path, write_atomic
-from mrivol_monai.data.nifti_reader import IgzipNibabelReader
+from mrivol_monai.data.nifti_reader import read_nifti
 from mrivol_monai.errors import InputError
 from mrivol_monai.native_grid import CROP_MARGIN, GridMap, model_input
 from mrivol_monai.networks import SliceSegmenter, fold_batch_norm
@@ -254,7 +254,7 @@ class Predictor:
     def read(self, path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         """Read a NIfTI file or DICOM series folder -> ((X, Y, Z) voxels as stored, (4, 4) voxel -> RAS affine).
 
-        NIfTI: nibabel (ISA-L gunzip) without MONAI's C-order float32 copy; a trailing 4th axis of size 1 is
+        NIfTI: :func:`read_nifti` (ISA-L gunzip, no MONAI C-order float32 copy); a trailing 4th axis of size 1 is
         dropped (MONAI's loader reads it as the channel). DICOM: MONAI's ``ITKReader``.
         """
         path = Path(path)
@@ -264,8 +264,7 @@ class Predictor:
         what = "NIfTI image" if nifti else ("DICOM series" if path.is_dir() else "image")
         try:
             if nifti:
-                img = IgzipNibabelReader().read(str(path))
-                image, affine = np.asanyarray(img.dataobj), np.asarray(img.affine, dtype=np.float64)
+                image, affine = read_nifti(path)
             else:
                 loaded = self.dicom_loader({"image": str(path)})["image"]
                 image, affine = loaded.numpy()[0], np.asarray(loaded.affine, dtype=np.float64)

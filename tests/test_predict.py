@@ -349,7 +349,7 @@ def test_a_valid_dicom_series_folder_is_segmented_on_its_own_grid(tmp_path):
 
 @pytest.mark.parametrize("endian", ["<", ">"])
 def test_igzip_reader_gives_nibabel_readers_array_and_affine(tmp_path, endian):
-    from mrivol_monai.data.nifti_reader import IgzipNibabelReader
+    from mrivol_monai.data.nifti_reader import IgzipNibabelReader, read_nifti
 
     image, _, affine = ellipsoid_scan(shape=(9, 11, 7))
     header = nib.Nifti1Header(endianness=endian)
@@ -363,6 +363,23 @@ def test_igzip_reader_gives_nibabel_readers_array_and_affine(tmp_path, endian):
     assert torch.allclose(fast["image"].affine, slow["image"].affine)
     assert np.allclose(fast["image"].meta["original_affine"], affine)
     assert fast["image"].shape == (1, *image.shape)
+    stored, stored_affine = read_nifti(path)  # what Predictor.read uses: same voxels and affine, no float copy
+    assert np.array_equal(stored, np.asanyarray(nib.load(path).dataobj)) and stored.dtype.isnative
+    assert np.allclose(stored_affine, affine)
+
+
+def test_read_nifti_applies_scaling_like_nibabel(tmp_path):
+    from mrivol_monai.data.nifti_reader import read_nifti
+
+    image, _, affine = ellipsoid_scan(shape=(9, 11, 7))
+    nifti = nib.Nifti1Image(image * 0.37 + 1000.0, affine)
+    nifti.set_data_dtype(np.int16)  # nibabel stores int16 with a slope and intercept
+    nib.save(nifti, tmp_path / "scaled.nii.gz")
+    on_disk = nib.load(tmp_path / "scaled.nii.gz")
+    assert on_disk.dataobj.slope != 1.0
+    stored, _ = read_nifti(tmp_path / "scaled.nii.gz")
+    assert np.array_equal(stored, np.asanyarray(on_disk.dataobj))
+    assert np.allclose(stored, image * 0.37 + 1000.0, atol=0.1)
 
 
 def test_batching_slices_does_not_change_the_mask_and_bad_batch_sizes_are_refused(tmp_path):

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
+import numpy as np
 from monai.config import PathLike
 from monai.data import NibabelReader
 from monai.data.utils import correct_nifti_header_if_necessary
@@ -23,9 +24,38 @@ try:
 except ImportError:  # optional speed-up only
     igzip = None
 
-__all__ = ["IgzipNibabelReader"]
+__all__ = ["IgzipNibabelReader", "read_nifti"]
 
 NIFTI1_HEADER_SIZE = 348  # sizeof_hdr of a NIfTI-1 header; NIfTI-2 headers say 540
+
+
+def _from_gzip(path: PathLike) -> tuple[nib.Nifti1Image | nib.Nifti2Image, bytes]:
+    """gunzip a ``.nii.gz`` with ISA-L and parse it from memory -> (image, its uncompressed bytes)."""
+    raw = igzip.decompress(Path(path).read_bytes())
+    kind = nib.Nifti1Image if int.from_bytes(raw[:4], "little") in (NIFTI1_HEADER_SIZE, 0x5C010000) else nib.Nifti2Image
+    return correct_nifti_header_if_necessary(kind.from_bytes(raw)), raw
+
+
+def read_nifti(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """One NIfTI file -> (voxels as stored, (4, 4) voxel -> RAS affine), the values and affine MONAI's
+    ``NibabelReader`` gives (before its float32 cast and C-order copy).
+
+    For an unscaled, native-endian ``.nii.gz`` the array is a read-only Fortran-ordered view over the
+    gunzipped bytes (no copy: 7 ms less for an IXI-size scan); otherwise nibabel's scaled array.
+    """
+    if igzip is None or not str(path).lower().endswith(".nii.gz"):
+        img = correct_nifti_header_if_necessary(nib.load(str(path)))
+        return np.asanyarray(img.dataobj), np.asarray(img.affine, dtype=np.float64)
+    img, raw = _from_gzip(path)
+    # the proxy holds the scaling and the data offset (nibabel resets them in the loaded header)
+    proxy, dtype = img.dataobj, img.header.get_data_dtype()
+    if proxy.slope != 1.0 or proxy.inter != 0.0 or not dtype.isnative or dtype.hasobject:
+        array = np.asanyarray(img.dataobj)
+        if not array.dtype.isnative:  # big-endian files: torch only takes native byte order
+            array = array.astype(array.dtype.newbyteorder("="))
+        return array, np.asarray(img.affine, dtype=np.float64)
+    array = np.ndarray(img.shape, dtype, buffer=raw, offset=int(proxy.offset), order="F")
+    return array, np.asarray(img.affine, dtype=np.float64)
 
 
 class IgzipNibabelReader(NibabelReader):
@@ -36,7 +66,4 @@ class IgzipNibabelReader(NibabelReader):
         if igzip is None or len(names) != 1 or not str(names[0]).lower().endswith(".nii.gz") or kwargs or self.kwargs:
             return super().read(data, **kwargs)
         self.filenames = names
-        raw = igzip.decompress(Path(names[0]).read_bytes())
-        kind = nib.Nifti1Image if int.from_bytes(raw[:4], "little") in (NIFTI1_HEADER_SIZE, 0x5C010000) \
-            else nib.Nifti2Image
-        return correct_nifti_header_if_necessary(kind.from_bytes(raw))
+        return _from_gzip(names[0])[0]
