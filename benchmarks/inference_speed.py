@@ -2,8 +2,10 @@
 
 Builds an IXI-size SynthIXI scan (256x256x150 int16 .nii.gz, 0.94x0.94x1.2 mm), then times
 ``Predictor.segment``: load -> preprocess -> 40 slices through the net -> stack -> back onto the native
-256x256x150 grid (what ``Invertd`` does) -> argmax -> volumes (mask/QC writing excluded). Each configuration runs in its
-own subprocess (peak RSS of one does not hide the next); one warm-up, then the median of ``--runs``. The
+256x256x150 grid (what ``Invertd`` does) -> argmax -> volumes (mask/QC writing excluded). Each configuration
+runs in its own subprocess (peak RSS of one does not hide the next): one warm-up, then ``--runs`` timed runs;
+the configurations take turns for ``--rounds`` rounds and the medians pool all rounds, with the speed-up
+also printed per round (paired, so the VM's drift between minutes cancels). The
 network alone (all D slices of the preprocessed scan, ``--slices-per-call`` at a time) is timed too, so the
 printed ratios show both the end-to-end speed-up and the network's, and how much of a scan is fixed cost.
 
@@ -12,8 +14,8 @@ otherwise the same network with random weights; time does not depend on the weig
 onnx backends, the paper-size UNet2d (5 ED blocks, width 64), and MONAI's 3D UNet (``unet3d``) on the
 same pipeline with the grid resized to 48x128x128 (its 4 stride-2 levels need sides divisible by 16).
 
-    python benchmarks/inference_speed.py            # 5 runs each
-    python benchmarks/inference_speed.py --runs 7 --threads 2
+    python benchmarks/inference_speed.py            # 3 rounds x 5 runs each
+    python benchmarks/inference_speed.py --rounds 5 --runs 3 --threads 2
 """
 
 from __future__ import annotations
@@ -127,10 +129,17 @@ def worker(name: str, scan: Path, runs: int, threads: int | None, seed: int, sli
         predictor.logits(image)
         if i:
             net_seconds.append(time.perf_counter() - start)
-    return {"net_s": statistics.median(net_seconds), "config": name, "params": params, "weights": weights, "median_s": statistics.median(seconds),
-            "min_s": min(seconds), "max_s": max(seconds), "runs": runs,
-            "peak_rss_mb": rss_mb,
-            "brain_ml": round(next(iter(seg.volumes.values())), 1), "mask_shape": list(seg.mask.shape)}
+    return {"config": name, "params": params, "weights": weights, "seconds": seconds, "net_seconds": net_seconds,
+            "peak_rss_mb": rss_mb, "brain_ml": round(next(iter(seg.volumes.values())), 1),
+            "mask_shape": list(seg.mask.shape)}
+
+
+def pool(rounds: list[dict]) -> dict:
+    """One configuration's figures over its rounds: medians of all timed runs, the largest peak RSS."""
+    seconds = [t for r in rounds for t in r["seconds"]]
+    return {**rounds[0], "median_s": statistics.median(seconds), "min_s": min(seconds), "max_s": max(seconds),
+            "net_s": statistics.median([t for r in rounds for t in r["net_seconds"]]),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in rounds), "rounds": len(rounds)}
 
 
 def run_config(name: str, scan: Path, args: argparse.Namespace) -> dict:
@@ -156,7 +165,9 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5, help="timed runs per configuration (median reported)")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per configuration and round")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds in which every configuration runs once, in turn (medians over all runs)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0, help="SynthIXI seed of the scan and network init seed")
     parser.add_argument("--workdir", default=None, help="where the scan is written (default: a temp folder)")
@@ -166,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
     parser.add_argument("--scan", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.runs < 1:
-        parser.error("--runs must be >= 1")
+    if args.runs < 1 or args.rounds < 1:
+        parser.error("--runs and --rounds must be >= 1")
     if args.slices_per_call < 0:
         parser.error("--slices-per-call must be >= 0 (0: all slices at once)")
     if args.worker:
@@ -178,10 +189,17 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(args.workdir or tmp)
         folder.mkdir(parents=True, exist_ok=True)
         scan = make_scan(folder, args.seed)
-        rows = [run_config(name, scan, args) for name in args.configs]
+        # configurations take turns, round after round, so that the machine's speed drift (~10 % over
+        # minutes on this VM) falls on all of them alike instead of on whichever ran last
+        rounds = {name: [] for name in args.configs}
+        for _ in range(args.rounds):
+            for name in args.configs:
+                rounds[name].append(run_config(name, scan, args))
+    rows = [pool(rounds[name]) for name in args.configs]
     print(f"scan: 256x256x150 int16 SynthIXI (seed {args.seed}); {os.cpu_count()} CPUs, load average "
-          f"{os.getloadavg()[0]:.1f} at the end; {args.runs} timed runs after 1 warm-up, each configuration "
-          f"in its own process; {args.slices_per_call or 'all'} slices per network call")
+          f"{os.getloadavg()[0]:.1f} at the end; {args.rounds} rounds x {args.runs} timed runs (after 1 warm-up) "
+          f"per configuration, each in its own process, configurations in turn; "
+          f"{args.slices_per_call or 'all'} slices per network call")
     print(table(rows))
     by = {r["config"]: r["median_s"] for r in rows}
     net = {r["config"]: r["net_s"] for r in rows}
@@ -189,8 +207,11 @@ def main(argv: list[str] | None = None) -> int:
                                                    for fast in ("default-torch", "default-onnx")]
     for fast, slow in pairs:
         if fast in by and slow in by:
+            paired = [statistics.median(b["seconds"]) / statistics.median(a["seconds"])
+                      for a, b in zip(rounds[fast], rounds[slow])]
             print(f"{fast} takes {by[fast] / by[slow]:.2f}x the time of {slow} ({by[slow] / by[fast]:.1f}x speed-up "
-                  f"end to end, {net[slow] / net[fast]:.1f}x for the network alone)")
+                  f"end to end, {net[slow] / net[fast]:.1f}x for the network alone; per round "
+                  f"{', '.join(f'{r:.1f}x' for r in paired)})")
     return 0
 
 
