@@ -170,23 +170,26 @@ class GridMap:
         scores = self.to_memory_order(probs)
         n0, (b0, b1, b2) = scores.shape[1], self.box_shape
         scores = area_resize(scores, (n0, b1, b2), nearest_ties=True)
+        inside, in_box = self._overlap()
         if b0 >= n0:
             # along the slowest axis every box plane averages one model plane or two neighbouring ones (weighted
-            # towards the nearer, see _pool_weights): argmax those 3 * n0 - 2 distinct planes only, then repeat
-            # their labels (a uint8 copy instead of a float pass over the whole box)
+            # towards the nearer, see _pool_weights): argmax those 3 * n0 - 2 distinct planes only (trimmed to
+            # the image), then repeat their labels (a uint8 copy instead of a float pass over the whole box)
             start, stop = _windows(n0, b0)
             first, second = scores[:, :-1], scores[:, 1:]
             distinct = torch.cat([_argmax(scores), _argmax(torch.lerp(first, second, 0.5 - TIE_BREAK)),
-                                  _argmax(torch.lerp(first, second, 0.5 + TIE_BREAK))])
+                                  _argmax(torch.lerp(first, second, 0.5 + TIE_BREAK))])[:, in_box[1], in_box[2]]
             which = torch.where(stop - start == 1, start,
                                 torch.where(_nearer_first(n0, b0), n0 + start, 2 * n0 - 1 + start))
-            labels = distinct.index_select(0, which)
+            labels = distinct.contiguous().index_select(0, which[in_box[0]])
         else:
-            labels = _argmax(area_resize(scores, (b0, b1, b2), nearest_ties=True))
+            labels = _argmax(area_resize(scores, (b0, b1, b2), nearest_ties=True))[in_box]
         del scores
-        mask = torch.zeros(self.memory_shape, dtype=torch.uint8)
-        inside, in_box = self._overlap()
-        mask[inside] = labels[in_box]
+        if tuple(labels.shape) == self.memory_shape:  # the box holds the whole image (it usually pads)
+            mask = labels.contiguous()
+        else:
+            mask = torch.zeros(self.memory_shape, dtype=torch.uint8)
+            mask[inside] = labels
         return mask.numpy().transpose(np.argsort(self.memory_axes))
 
 
