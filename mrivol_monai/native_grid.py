@@ -33,9 +33,11 @@ from dataclasses import dataclass
 import nibabel as nib
 import numpy as np
 import torch
+from monai.data import MetaTensor
 
 from mrivol_monai.errors import InputError
 from mrivol_monai.transforms import (
+    CheckVolumed,
     HeadZScored,
     depth_axcodes,
     head_sample_index,
@@ -43,7 +45,7 @@ from mrivol_monai.transforms import (
 )
 from mrivol_monai.transforms.intensity import HEAD_THRESHOLD_FRACTION
 
-__all__ = ["CROP_MARGIN", "GridMap", "area_resize", "model_input"]
+__all__ = ["CROP_MARGIN", "GridMap", "area_resize", "channel_argmax", "model_input"]
 
 CROP_MARGIN = 2  # voxels around the head box, as in train.json
 TIE_BREAK = 2.0**-16  # weight moved to the nearer of two upsampled neighbours (see _pool_weights)
@@ -193,13 +195,29 @@ class GridMap:
         return mask.numpy().transpose(np.argsort(self.memory_axes))
 
 
+def channel_argmax(probs: torch.Tensor) -> torch.Tensor:
+    """(C, *spatial) scores -> (1, *spatial) uint8 index of the largest (ties: lowest); a MetaTensor keeps its meta.
+
+    Not ``AsDiscrete(argmax=True)``: ``torch.argmax`` over the short channel axis of a permuted native-size
+    volume is ~50x slower on CPU than these C elementwise passes (8 s vs 0.15 s for 2 x 256 x 256 x 150).
+    """
+    scores = torch.as_tensor(probs)
+    best = scores[0].clone()
+    label = torch.zeros(scores.shape[1:], dtype=torch.uint8, device=scores.device)
+    for c in range(1, scores.shape[0]):
+        better = scores[c] > best
+        label[better] = c
+        best = torch.where(better, scores[c], best)
+    if isinstance(probs, MetaTensor):
+        return MetaTensor(label[None], meta=dict(probs.meta), applied_operations=list(probs.applied_operations))
+    return label[None]
+
+
 def _argmax(scores: torch.Tensor) -> torch.Tensor:
     """(C, *spatial) scores -> (*spatial) uint8 labels; one channel is a two-class score difference (label 1
     where it is positive, i.e. where class 1 beats class 0; ties go to class 0, as in an argmax)."""
     if scores.shape[0] == 1:
         return (scores[0] > 0).view(torch.uint8)  # bool and uint8 share a layout: no copy
-    from mrivol_monai.predict import channel_argmax  # predict imports this module
-
     return channel_argmax(scores)[0]
 
 
@@ -230,11 +248,10 @@ def model_input(image: np.ndarray, affine: np.ndarray, spatial_size: Sequence[in
     with warnings.catch_warnings():  # a read-only view over the file's bytes: only ever read here
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         volume = torch.from_numpy(work)
-    low, high = (float(v) for v in torch.aminmax(volume))
-    if not (np.isfinite(low) and np.isfinite(high)):
-        raise InputError(None, "image contains NaN or infinite values")
-    if high == low:
-        raise InputError(None, f"image is constant ({low}): nothing to segment")
+    try:  # NaN/inf or a constant image
+        CheckVolumed(num_classes=1)({"image": volume[None]})
+    except InputError as err:
+        raise InputError(None, err.problem) from None
 
     ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(np.asarray(affine, dtype=np.float64)),
                                            nib.orientations.axcodes2ornt(depth_axcodes(depth_axis)))
