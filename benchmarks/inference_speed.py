@@ -187,8 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.workdir or tmp)
-        folder.mkdir(parents=True, exist_ok=True)
-        scan = make_scan(folder, args.seed)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            scan = make_scan(folder, args.seed)
+        except OSError as err:
+            raise SystemExit(f"error: {folder}: cannot write the benchmark scan there ({err.strerror or err})") from None
         # configurations take turns, round after round, so that the machine's speed drift (~10 % over
         # minutes on this VM) falls on all of them alike instead of on whichever ran last
         rounds = {name: [] for name in args.configs}
