@@ -1,7 +1,7 @@
 """Draw docs/img/synthixi_montage.png: the first subject of each site in the default SynthIXI cohort,
 reoriented to RAS, in axial / coronal / sagittal views with brain-mask and subcortical outlines.
 
-    python docs/make_synthixi_montage.py [--out docs/img/synthixi_montage.png] [--geometry default]
+    python docs/make_synthixi_montage.py [--out docs/img/synthixi_montage.png] [--geometry ixi]
 """
 
 from __future__ import annotations
@@ -34,13 +34,13 @@ def _views(volume: np.ndarray, centre: tuple[int, int, int]) -> list[np.ndarray]
     return [volume[:, :, z].T, volume[:, y, :].T, volume[x, :, :].T]
 
 
-def draw(out: Path, geometry: str = "default", seed: int = synthetic.DEFAULT_SEED) -> None:
+def draw(out: Path, geometry: str = synthetic.DEFAULT_GEOMETRY, seed: int = synthetic.DEFAULT_SEED) -> None:
     """Render the 3 sites x 3 views montage to ``out`` (PNG, written via a temp file)."""
-    sites = synthetic.site_sequence(synthetic.DEFAULT_N_SUBJECTS, seed)
+    plan = synthetic.cohort_plan(synthetic.DEFAULT_N_SUBJECTS, seed)
     fig, axes = plt.subplots(3, 3, figsize=(11, 11.6), facecolor="black")
     for row, site in enumerate(synthetic.SITES):
-        number = sites.index(site) + 1
-        subject = synthetic.generate_subject(number, site, seed, geometry, site_number=1)
+        number, _, site_number, split, map_index = next(p for p in plan if p[1] == site)
+        subject = synthetic.generate_subject(number, site, seed, geometry, site_number, split, map_index)
         image, zooms = _canonical(subject.image, subject.affine)
         brain, _ = _canonical(subject.brain, subject.affine)
         labels, _ = _canonical(subject.subcortical, subject.affine)
@@ -63,7 +63,8 @@ def draw(out: Path, geometry: str = "default", seed: int = synthetic.DEFAULT_SEE
             ax.set_xticks([])
             ax.set_yticks([])
             if col == 0:
-                ax.set_ylabel(f"{site} ({SITE_PROTOCOLS[site].scanner})\nstored {codes}, {subject.name}, age {subject.age:.0f}",
+                ax.set_ylabel(f"{site} ({SITE_PROTOCOLS[site].scanner})\nstored {codes}, {subject.name}, age {subject.age:.0f}\n"
+                              f"anatomy {subject.anatomy} ({subject.split}){', skull-stripped' if subject.skull_stripped else ''}",
                               color="white", fontsize=9)
             if row == 0:
                 ax.set_title(("axial", "coronal", "sagittal")[col], color="white", fontsize=11)
@@ -83,7 +84,7 @@ def draw(out: Path, geometry: str = "default", seed: int = synthetic.DEFAULT_SEE
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "img" / "synthixi_montage.png")
-    parser.add_argument("--geometry", default="default", choices=synthetic.GEOMETRIES)
+    parser.add_argument("--geometry", default=synthetic.DEFAULT_GEOMETRY, choices=synthetic.GEOMETRIES)
     parser.add_argument("--seed", type=int, default=synthetic.DEFAULT_SEED)
     args = parser.parse_args()
     draw(args.out, args.geometry, args.seed)

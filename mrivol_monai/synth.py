@@ -1,6 +1,6 @@
 """Command line for the SynthIXI cohort generator.
 
-    python -m mrivol_monai.synth --out DIR [--subjects N] [--seed S] [--geometry default|ixi|tiny] [--workers W]
+    python -m mrivol_monai.synth --out DIR [--subjects N] [--seed S] [--geometry ixi|half|tiny] [--workers W]
 """
 
 from __future__ import annotations
@@ -16,14 +16,15 @@ from mrivol_monai.errors import InputError
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mrivol_monai.synth",
-                                     description="Write the SynthIXI multi-site T1 cohort (images, labels, cohort.csv).")
+                                     description="Write the SynthIXI multi-site T1 cohort rendered from real anatomy "
+                                                 "(images, labels, cohort.csv).")
     parser.add_argument("--out", required=True, help="output directory (created if missing)")
     parser.add_argument("--subjects", type=int, default=synthetic.DEFAULT_N_SUBJECTS,
                         help=f"number of subjects (default {synthetic.DEFAULT_N_SUBJECTS})")
     parser.add_argument("--seed", type=int, default=synthetic.DEFAULT_SEED, help="random seed (default 0)")
-    parser.add_argument("--geometry", default="default", choices=synthetic.GEOMETRIES,
-                        help="voxel grid: default (128x128x75, 1.875x1.875x2.4 mm), ixi (256x256x150, "
-                             "0.9375x0.9375x1.2 mm) or tiny (for tests)")
+    parser.add_argument("--geometry", default=synthetic.DEFAULT_GEOMETRY, choices=synthetic.GEOMETRIES,
+                        help="voxel grid: ixi (default; IXI's 256x256x150 at 0.9375x0.9375x1.2 mm), half "
+                             "(128x128x75 at 1.875x1.875x2.4 mm) or tiny (40x40x30 at 6 mm, for tests)")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: up to 2)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser

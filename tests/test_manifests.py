@@ -125,6 +125,24 @@ def test_build_splits_cohort(cohort: Path) -> None:
     assert table[3].split() == ["test", "0", "0", "5", "5"] and table[4].split()[-1] == "25"
 
 
+def test_a_recorded_anatomy_split_wins_over_the_seed(tmp_path: Path) -> None:
+    """A SynthIXI cohort.csv records each subject's split (its anatomy was drawn per split): any seed keeps it."""
+    subjects = _cohort(tmp_path, {"Guys": 6, "HH": 4, "IOP": 2})
+    (tmp_path / f"{subjects[0]}-aseg.nii.gz").write_bytes(
+        (tmp_path / f"{subjects[0]}-subcortical.nii.gz").read_bytes())  # an aseg file beside them is ignored
+    recorded = {s: ("test" if "-IOP-" in s else "validation" if s in subjects[:3] else "training") for s in subjects}
+    lines = ["subject,site,split"] + [f"{s},{s.split('-')[1]},{recorded[s]}" for s in subjects]
+    (tmp_path / "cohort.csv").write_text("\n".join(lines) + "\n")
+    for seed in (0, 1, 2):
+        manifest = build_manifest(tmp_path, task="brain", seed=seed)
+        for split in ("training", "validation", "test"):
+            assert sorted(e["subject"] for e in manifest[split]) == sorted(s for s in subjects if recorded[s] == split)
+        assert "split by anatomy" in manifest["description"]
+    # another test site than the recorded one: the site-and-seed rule, as for any folder
+    other = build_manifest(tmp_path, task="brain", test_site="HH")
+    assert {e["site"] for e in other["test"]} == {"HH"} and "split by anatomy" not in other["description"]
+
+
 def test_subcortical_and_other_test_site(cohort: Path) -> None:
     manifest = build_manifest(cohort, task="subcortical", seed=0, test_site="HH", val_fraction=0.25)
     assert all(e["label"].endswith("-subcortical.nii.gz") for k in ("training", "validation", "test") for e in manifest[k])

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import sys
@@ -32,6 +33,8 @@ from monai.data import load_decathlon_datalist
 
 from mrivol_monai.atomic_io import atomic_path, write_atomic
 from mrivol_monai.errors import InputError
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "SITES",
@@ -63,7 +66,7 @@ LABEL_MAPS: dict[str, dict[int, int]] = {
 
 IMAGE_KINDS = ("T1", "image")
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
-_IXI_NAME = re.compile(r"^(?P<subject>(?P<person>[A-Za-z]+\d+)-(?P<site>[A-Za-z]+)-\d+)-(?P<kind>T1|brain|subcortical)$")
+_IXI_NAME = re.compile(r"^(?P<subject>(?P<person>[A-Za-z]+\d+)-(?P<site>[A-Za-z]+)-\d+)-(?P<kind>T1|brain|subcortical|aseg)$")
 _TINY_NAME = re.compile(r"^(?P<subject>(?P<person>[A-Za-z]+\d+)-(?P<site>[A-Za-z]+)-\d+)_(?P<kind>image|label)$")
 _SUBJECT_IN_PATH = re.compile(r"(?P<subject>[A-Za-z]+\d+-(?:Guys|HH|IOP)-\d+)")
 
@@ -228,6 +231,28 @@ def split_subjects(subjects: Sequence[str], sites: Sequence[str], seed: int = 0,
     return {"training": shuffled[:n_train], "validation": shuffled[n_train:], "test": test}
 
 
+def _cohort_split(images: Path, subjects: Sequence[str], test_site: str) -> dict[str, str] | None:
+    """Subject -> split as recorded in a SynthIXI ``cohort.csv`` beside the images, or None if there is none.
+
+    A SynthIXI cohort draws each subject's anatomy from its split's label maps, so re-splitting it with
+    another seed would put test anatomy into training: the recorded split wins over ``seed``.
+    """
+    import csv
+
+    path = images / "cohort.csv"
+    if not path.is_file():
+        return None
+    with open(path, newline="") as handle:
+        rows = {row.get("subject"): row for row in csv.DictReader(handle)}
+    if not all(s in rows and rows[s].get("split") in SPLITS for s in subjects):
+        return None
+    if any((rows[s]["split"] == "test") != (rows[s].get("site") == test_site) for s in subjects):
+        logger.warning("%s: its recorded test split is not the %s site; splitting by site and seed instead, so "
+                       "test anatomy may also be in training", path, test_site)
+        return None
+    return {s: rows[s]["split"] for s in subjects}
+
+
 def build_manifest(
     images: str | os.PathLike,
     labels: str | os.PathLike | None = None,
@@ -258,8 +283,14 @@ def build_manifest(
     if n_test == 0:
         raise InputError(Path(images), f"no subjects from test site {test_site}")
     split = split_subjects(subjects, [by_subject[s]["site"] for s in subjects], seed, test_site, val_fraction)
+    rule = f"{test_site} held out as test site, other sites split {1 - val_fraction:.2f}/{val_fraction:.2f}"
+    recorded = _cohort_split(Path(images), subjects, test_site)
+    if recorded is not None:
+        order = [s for name in SPLITS for s in split[name]]
+        split = {name: [s for s in order if recorded[s] == name] for name in SPLITS}
+        rule = f"split by anatomy as the cohort was rendered (cohort.csv 'split' column; {test_site} = test)"
     manifest: dict[str, Any] = {
-        "description": f"IXI-style {task} segmentation; {test_site} held out as test site, other sites split {1 - val_fraction:.2f}/{val_fraction:.2f}",
+        "description": f"IXI-style {task} segmentation; {rule}",
         "data_root": str(root),
         "task": task,
         "labels": dict(TASK_LABELS[task]),

@@ -23,12 +23,12 @@ def _has_images(folder: Path) -> bool:
 
 def ensure_dataset(dataset_dir: str | Path, datalist: str | Path, task: str = "brain",
                    synthixi_subjects: int | None = None, synthixi_seed: int = 0,
-                   synthixi_geometry: str = "default", split_seed: int = 0) -> Path:
+                   synthixi_geometry: str = "ixi", split_seed: int = 0) -> Path:
     """Generate the SynthIXI cohort in ``dataset_dir`` if it holds no NIfTI files, and build ``datalist``
     (a MONAI datalist JSON) from ``dataset_dir`` if it does not exist. Returns the datalist path.
 
     ``synthixi_subjects`` None means the generator's default cohort size; ``synthixi_geometry`` is one of
-    the generator's grids ("default", "ixi", "tiny").
+    the generator's grids ("ixi", "half", "tiny").
     """
     from mrivol_monai.data import manifests, synthetic
 
