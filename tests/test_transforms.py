@@ -78,8 +78,25 @@ def test_slice_sampler_rejects_zero():
         RandStructureSlicesd(["image", "label"], num_slices=0)
 
 
+def test_any_slice_fraction_adds_slices_without_the_structure():
+    sampler = RandStructureSlicesd(["image", "label"], num_slices=4, any_slice_fraction=0.5).set_random_state(0)
+    vol = _volume(depth=20, fg_slices=(2, 3, 5, 9))
+    outside = 0
+    for _ in range(30):
+        idx = [it["slice_index"] for it in sampler(vol)]
+        assert len(idx) == 4 and len(set(idx)) == 4  # still distinct slices
+        assert len(set(idx[:2]) & {2, 3, 5, 9}) == 2  # the first half from structure slices
+        outside += len(set(idx[2:]) - {2, 3, 5, 9})
+    assert outside > 30  # the other half comes from the whole volume: mostly slices without structure
+    plain = RandStructureSlicesd(["image", "label"], num_slices=4).set_random_state(0)
+    assert all(set(it["slice_index"] for it in plain(vol)) == {2, 3, 5, 9} for _ in range(5))
+    with pytest.raises(ValueError, match="any_slice_fraction"):
+        RandStructureSlicesd(["image", "label"], num_slices=4, any_slice_fraction=1.5)
+
+
 def test_augmentation_names_resolve():
-    assert resolve("mix") == list(AUGMENTATIONS)
+    assert resolve("mix") == list(AUGMENTATIONS[:5]) and "domain" not in resolve("mix")
+    assert resolve(["flip", "domain"]) == ["domain", "flip"]
     assert resolve("none") == [] and resolve([]) == [] and resolve(None) == []
     assert resolve(["flip", "noise"]) == ["flip", "noise"]
     with pytest.raises(ValueError, match="unknown augmentation 'blur'"):
@@ -124,6 +141,23 @@ def test_geometric_augmentations_move_image_and_label_together():
     assert not torch.equal(out["label"], item["label"])
     overlap = (bright & fg).sum() / fg.sum()
     assert overlap > 0.85
+
+
+def test_domain_randomisation_changes_contrast_not_labels():
+    item = {"image": MetaTensor(torch.linspace(-2, 2, 32 * 32).reshape(1, 32, 32)),
+            "label": MetaTensor(torch.ones(2, 32, 32))}
+    aug = build_augmentation("domain")
+    assert len(aug.transforms) == 5
+    for t in aug.transforms:
+        t.prob = 1.0
+    aug.set_random_state(5)
+    outs = [aug(dict(item)) for _ in range(4)]
+    for out in outs:
+        assert torch.equal(out["label"], item["label"])
+        assert out["image"].shape == item["image"].shape and torch.isfinite(out["image"]).all()
+    # each draw remaps intensities differently (a new contrast), not just by one global factor
+    ratios = [float((o["image"][0, 16] / item["image"][0, 16].clamp(min=1e-3)).std()) for o in outs]
+    assert len({round(r, 3) for r in ratios}) == 4
 
 
 def test_intensity_augmentations_change_image_only():

@@ -97,6 +97,9 @@ E1 = Experiment(
         _v("E1", "rotation", "Rotation", "e1_rotation", test_dice=0.941, vol_error=1.81, vol_error_std=0.89),
         _v("E1", "equalize", "Random equalize", "e1_equalize", test_dice=0.931, vol_error=2.20, vol_error_std=1.32),
         _v("E1", "mix", "Mix", "e1_mix", test_dice=0.959, vol_error=1.54, vol_error_std=0.41),
+        # not in the paper: SynthSeg-style domain randomisation, alone and with the paper's mix
+        _v("E1", "domain", "Domain randomisation (ours)", "e1_domain"),
+        _v("E1", "mix_domain", "Mix + domain randomisation (ours)", "e1_mix_domain"),
     ),
     (Table("Table 1: Dataset augmentation performance", "Dataset augmentation",
            (DICE, ABS_ERR, ERR_STD, DICE_CI)),),

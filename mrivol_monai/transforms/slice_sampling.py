@@ -5,6 +5,11 @@ with replacement, so a slice with a large structure is picked many times and N d
 guaranteed; the paper samples distinct slices that contain the structures. This sampler picks slice indices
 uniformly *without* replacement among slices with any foreground label; only when a volume has fewer such
 slices than N does it repeat some (all candidates once, then random repeats).
+
+``any_slice_fraction`` (not in the paper) draws that share of the N slices from the whole volume instead,
+so the network also sees slices without the structure (the neck, the skull vertex, slices below the
+amygdala) and learns to leave them empty: trained on structure slices only, a brain model "finds" brain
+in the neck of a real head scan.
 """
 
 from __future__ import annotations
@@ -38,22 +43,31 @@ class RandStructureSlicesd(Randomizable, MapTransform):
     """
 
     def __init__(self, keys: KeysCollection, label_key: str = "label", num_slices: int = 1,
-                 allow_missing_keys: bool = False) -> None:
+                 any_slice_fraction: float = 0.0, allow_missing_keys: bool = False) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         if int(num_slices) < 1:
             raise ValueError(f"num_slices (slices_per_volume) must be >= 1, got {num_slices}")
+        if not 0.0 <= float(any_slice_fraction) <= 1.0:
+            raise ValueError(f"any_slice_fraction must be in [0, 1], got {any_slice_fraction}")
         self.label_key = label_key
         self.num_slices = int(num_slices)
+        self.n_any = int(round(self.num_slices * float(any_slice_fraction)))
         self._indices: np.ndarray = np.zeros(0, dtype=int)
 
     def randomize(self, candidates: np.ndarray, depth: int) -> None:  # type: ignore[override]
         if candidates.size == 0:  # no structure at all: fall back to any slice rather than fail
             candidates = np.arange(depth)
-        if candidates.size >= self.num_slices:
-            self._indices = self.R.choice(candidates, size=self.num_slices, replace=False)
+        n_structure = self.num_slices - self.n_any
+        if candidates.size >= n_structure:
+            chosen = self.R.choice(candidates, size=n_structure, replace=False)
         else:
-            extra = self.R.choice(candidates, size=self.num_slices - candidates.size, replace=True)
-            self._indices = np.concatenate([candidates, extra])
+            extra = self.R.choice(candidates, size=n_structure - candidates.size, replace=True)
+            chosen = np.concatenate([candidates, extra])
+        if self.n_any:
+            rest = np.setdiff1d(np.arange(depth), chosen)
+            rest = rest if rest.size >= self.n_any else np.arange(depth)
+            chosen = np.concatenate([chosen, self.R.choice(rest, size=self.n_any, replace=False)])
+        self._indices = chosen.astype(int)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> list[dict[Hashable, torch.Tensor]]:
         d = dict(data)
