@@ -45,7 +45,9 @@ def summarise(eval_dir: Path, cohort_csv: Path) -> str:
             groups[f"anatomy {subject['anatomy']}"].append(r)
         lines += [f"**{structure}**", "", "| test subjects | n | Dice | signed error (mL) | abs. error (mL) |",
                   "| --- | --- | --- | --- | --- |"]
-        for name, members in groups.items():
+        order = ["all", "with skull", "skull-stripped"] + sorted(k for k in groups if k.startswith("anatomy"))
+        for name in (k for k in order if k in groups):
+            members = groups[name]
             dice = np.array([float(m["dice"]) for m in members])
             err = np.array([float(m["pct_error_ml"]) for m in members])
             lines.append(f"| {name} | {len(members)} | {dice.mean():.3f} | {err.mean():+.2f}% ± {err.std(ddof=1) if len(err) > 1 else 0:.2f}% "

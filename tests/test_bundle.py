@@ -62,7 +62,7 @@ def test_training_preprocessing_gives_n_slices_per_volume_with_onehot_labels(tin
     parser = ConfigParser()
     parser.read_config([TRAIN, SUBCORTICAL])
     parser.update({"dataset_dir": str(data_dir), "datalist": str(datalist), "spatial_size": [8, 32, 32],
-                   "slices_per_volume": 3, "augmentations": "none"})
+                   "slices_per_volume": 3, "augmentations": "none", "any_slice_fraction": 0.0})
     parser.get_parsed_content("imports")  # as the bundle runner does first
     # the subcortical overlay wants a subcortical datalist: build one next to the brain one
     from mrivol_monai.data import manifests
