@@ -3,8 +3,8 @@ without skull, through ``mrivol predict``: the mask on the native grid overlaps 
 within the error the shipped models measure on the test site.
 
 The issue's targets (brain within a few %) are NOT met by the shipped models (bundle/docs/README.md: brain
-over-estimated by +8 % on the IOP test site, +10-20 % on these two scans): these bounds guard against
-regressions (e.g. the previous cartoon-trained models: subcortical Dice 0.10-0.25 here), not the targets."""
+over-estimated by +8 % on the IOP test site; +16 % (stripped) and +8 % on these two scans, Dice 0.90 and 0.91): these bounds guard against
+regressions (the previous cartoon-trained subcortical model has Dice 0.10-0.25 on this test site), not the targets."""
 
 from __future__ import annotations
 
@@ -74,4 +74,4 @@ def test_shipped_subcortical_model_finds_deep_grey_matter_of_held_out_anatomy(he
         mask = np.asarray(nib.load(_row(rows, path)["mask"]).dataobj)
         for value, name in enumerate(("thalamus", "caudate", "putamen"), start=1):
             truth = np.isin(aseg, label_maps.SUBCORTICAL_LR[name])
-            assert _dice(mask == value, truth) > 0.5, (kind, name, _dice(mask == value, truth))  # measured 0.59-0.76
+            assert _dice(mask == value, truth) > 0.6, (kind, name, _dice(mask == value, truth))  # measured 0.70-0.82
