@@ -49,7 +49,9 @@ def test_subcortical_overlay_and_overrides_change_the_network():
     assert tuple(out.shape) == (1, 5, 32, 32)
     assert parser.get_parsed_content("ckpt_dir").endswith("models/subcortical")
     loss = parser.get_parsed_content("loss")
-    assert type(loss).__name__ == "DiceLoss" and loss.include_background is False
+    # batch Dice over all classes incl. background: foreground-only Dice left the background
+    # unsupervised on slices without structures (bundle/docs/README.md)
+    assert type(loss).__name__ == "DiceLoss" and loss.include_background is True and loss.batch is True
     base = ConfigParser()
     base.read_config(TRAIN)
     assert base.get_parsed_content("num_classes") == 2
