@@ -49,6 +49,8 @@ from mrivol_monai.transforms import (
     HeadZScored,
     depth_axcodes,
     head_foreground,
+    keep_largest_components,
+    largest_component_labels,
 )
 from mrivol_monai.weights import ModelSpec
 
@@ -275,6 +277,7 @@ class Predictor:
         """Segment one scan; :class:`InputError` for unreadable or unusable input."""
         x, grid, image, affine = self.model_input(path)
         probs = torch.softmax(self.logits(x).float(), dim=0)
+        probs = keep_largest_components(probs, largest_component_labels(self.spec.task))
         mask = grid.to_native(probs)
         del probs
         if mask.shape != image.shape:  # the inverse must land exactly on the input grid; anything else is a bug

@@ -169,3 +169,20 @@ def test_verify_net_in_out_for_the_bundle_network(task):
     if task == "subcortical":
         bad = _bundle("verify_net_in_out", "network_def", "--meta_file", meta[0], "--config_file", str(configs))
         assert bad.returncode != 0 and "doesn't match" in bad.stderr
+
+
+def test_evaluation_and_inference_keep_the_largest_brain_component_and_training_does_not():
+    def step(parser, key):
+        transforms = parser.get_parsed_content(key).transforms
+        return [t for t in transforms if type(t).__name__ == "KeepLargestComponentd"]
+
+    train = ConfigParser()
+    train.read_config(TRAIN)
+    assert [t.labels for t in step(train, "postprocessing")] == [[]]
+    for overlay, labels in (([], [1]), ([SUBCORTICAL], [])):
+        evaluate = ConfigParser()
+        evaluate.read_config([TRAIN, *overlay, str(CONFIGS / "evaluate.json")])
+        assert [t.labels for t in step(evaluate, "postprocessing")] == [labels]
+    inference = ConfigParser()
+    inference.read_config(str(CONFIGS / "inference.json"))
+    assert [t.labels for t in step(inference, "postprocessing")] == [[1]]

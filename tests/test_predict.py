@@ -127,7 +127,8 @@ def test_oracle_mask_is_exact_on_native_non_ras_anisotropic_grid(tmp_path):
     img_path = save(tmp_path / "scan1.nii.gz", image, affine)
     lab_path = save(tmp_path / "scan1_label.nii.gz", label, affine)
     spec = task_spec("brain", spatial_size=SPATIAL)
-    spec.num_classes, spec.class_names = 3, ["background", "a", "b"]
+    # a 3-class task of its own: the label's classes are not single objects, so no largest-component clean-up
+    spec.task, spec.num_classes, spec.class_names = "oracle", 3, ["background", "a", "b"]
     predictor = Predictor(oracle_for(img_path, lab_path, 3), spec, slices_per_call=None)
 
     result = predict([img_path], tmp_path / "out", predictor=predictor, progress=False)

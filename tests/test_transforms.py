@@ -226,3 +226,30 @@ def test_head_foreground_samples_every_kth_flat_voxel_of_a_permuted_view():
     assert torch.equal(mask, view > 0.1 * high)
     assert torch.equal(mask, head_foreground(view.contiguous()))
     assert 0.05 < mask.float().mean() < 1.0  # a threshold inside the intensity range, so equality can fail
+
+
+def test_keep_largest_component_drops_islands_of_the_brain_class_only():
+    from mrivol_monai.transforms import KeepLargestComponentd, keep_largest_components
+
+    probs = torch.zeros(3, 6, 10, 10)
+    probs[0] = 0.9
+    probs[1, 1:5, 1:6, 1:6], probs[0, 1:5, 1:6, 1:6] = 0.8, 0.1   # big class-1 object (100 voxels)
+    probs[1, 2:4, 8:10, 8:10], probs[0, 2:4, 8:10, 8:10] = 0.7, 0.2   # class-1 island (8 voxels)
+    probs[2, 5, 0:2, 8:10], probs[0, 5, 0:2, 8:10] = 0.9, 0.05       # class-2 island, not a kept class
+    out = keep_largest_components(MetaTensor(probs), [1])
+    winner = out.argmax(0)
+    assert int((winner == 1).sum()) == 100
+    assert bool((winner[2:4, 8:10, 8:10] == 0).all()) and bool((out[:, 2:4, 8:10, 8:10].sum(0) == 1).all())
+    assert int((winner == 2).sum()) == 4 and isinstance(out, MetaTensor)
+    assert float(probs[1, 2, 8, 8]) == pytest.approx(0.7)  # the input is not modified
+    assert keep_largest_components(probs, []) is probs
+    onehot = torch.nn.functional.one_hot(probs.argmax(0), 3).permute(3, 0, 1, 2).float()
+    cleaned = KeepLargestComponentd("pred", labels=[1])({"pred": onehot})["pred"]
+    assert torch.equal(cleaned.argmax(0), winner)
+
+
+def test_largest_component_labels_per_task():
+    from mrivol_monai.transforms import largest_component_labels
+
+    assert largest_component_labels("brain") == [1]
+    assert largest_component_labels("subcortical") == []  # left and right share a class: two components
