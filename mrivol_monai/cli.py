@@ -19,6 +19,7 @@ from mrivol_monai.errors import InputError
 __all__ = ["main", "parser"]
 
 TASKS = ("brain", "subcortical")
+EXPORT_TASKS = TASKS + ("subcortical_fine",)  # the stage-2 model is exported and shipped on its own
 
 
 def parser() -> argparse.ArgumentParser:
@@ -37,6 +38,9 @@ def parser() -> argparse.ArgumentParser:
                       help="structures to segment (default: the model's task; brain for the shipped default)")
     pred.add_argument("--model", default=None,
                       help="checkpoint (.pt), bundle folder, or .onnx file (default: the shipped model of --task)")
+    pred.add_argument("--fine-model", default=None,
+                      help="stage-2 checkpoint of --task subcortical (1 mm left/right box; default: the shipped "
+                           "one when present, with the shipped grid model as stage 1)")
     pred.add_argument("--backend", choices=BACKENDS, default="torch")
     pred.add_argument("--no-qc", action="store_true", help="skip the QC PNGs")
     pred.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -44,13 +48,14 @@ def parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="export a model to TorchScript or ONNX")
     exp.add_argument("--format", choices=FORMATS, required=True)
     exp.add_argument("--out", required=True, help="output file (.ts / .onnx)")
-    exp.add_argument("--task", choices=TASKS, default=None)
+    exp.add_argument("--task", choices=EXPORT_TASKS, default=None)
     exp.add_argument("--model", default=None, help="checkpoint or bundle folder (default: the shipped model)")
 
     wts = sub.add_parser("export-weights", help="make a trained bundle checkpoint the shipped default of a task")
-    wts.add_argument("--task", choices=TASKS, required=True)
+    wts.add_argument("--task", choices=EXPORT_TASKS, required=True)
     wts.add_argument("--checkpoint", required=True, help="e.g. bundle/models/model.pt")
-    wts.add_argument("--config", default="bundle/configs/train.json", help="the config it was trained with")
+    wts.add_argument("--config", nargs="+", default=["bundle/configs/train.json"],
+                     help="the config(s) it was trained with: base, then overlays")
     wts.add_argument("--out-dir", default=None, help="default: the installed package's weights folder")
     wts.add_argument("--note", default="", help="how the checkpoint was produced (recorded in the JSON)")
     return top
@@ -63,7 +68,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     itk.ProcessObject.SetGlobalWarningDisplay(False)  # unreadable DICOM gets our one-line error instead
     result = predict(args.inputs, args.out, task=args.task, model=args.model, backend=args.backend,
-                     qc=not args.no_qc, progress=not args.quiet)
+                     qc=not args.no_qc, progress=not args.quiet, fine_model=args.fine_model)
     print(summary_line(result))
     return 1 if result.failed else 0
 
@@ -82,7 +87,7 @@ def _export_weights(args: argparse.Namespace) -> int:
     from mrivol_monai.export import export_weights
     from mrivol_monai.weights import WEIGHTS_DIR
 
-    pt, js = export_weights(args.task, args.checkpoint, args.config, args.out_dir or WEIGHTS_DIR, args.note)
+    pt, js = export_weights(args.task, args.checkpoint, args.config[0] if len(args.config) == 1 else args.config, args.out_dir or WEIGHTS_DIR, args.note)
     print(f"wrote {pt} and {js}")
     return 0
 

@@ -187,7 +187,7 @@ def export_weights(task: str, checkpoint: str | os.PathLike, config: str | os.Pa
     except Exception as err:  # see weights.load_model
         raise InputError(checkpoint, f"not a loadable torch checkpoint ({type(err).__name__})") from err
     state = raw.get("model", raw) if isinstance(raw, dict) else raw
-    net = build_network(spec.network_def, config)
+    net = build_network(spec.network_def, str(spec.produced_by.get("config", config)))
     try:
         net.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError, AttributeError) as err:
@@ -195,7 +195,7 @@ def export_weights(task: str, checkpoint: str | os.PathLike, config: str | os.Pa
                                      f"{str(err).strip().splitlines()[-1][:200]}") from err
     spec.produced_by = {
         "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "config": str(config),
+        "config": str(config) if isinstance(config, (str, os.PathLike)) else " ".join(str(c) for c in config),
         "source_checkpoint": str(checkpoint),
         "source_sha256": _sha256(checkpoint),
         "note": note,

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import sys
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import nibabel as nib
@@ -78,6 +80,7 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 MASK_SUFFIX = "_seg.nii.gz"
 QC_SUFFIX = "_qc.png"
 VOLUMES_CSV = "volumes.csv"
+LABELS_JSON = "labels.json"
 SLICES_PER_CALL = 10  # peak RSS vs speed on an IXI-size scan: see benchmarks/inference_speed.py --slices-per-call
 
 
@@ -361,6 +364,15 @@ def append_csv_row(path: str | os.PathLike, columns: Sequence[str], row: dict[st
     write_atomic(path, old + buffer.getvalue())
 
 
+def label_table(spec: Any) -> dict[str, dict[str, object]]:
+    """``labels.json``: mask value -> its structure name (and FreeSurfer label for left/right classes)."""
+    from mrivol_monai.deep_grey_box import FINE_CLASSES
+
+    freesurfer = dict(FINE_CLASSES) if list(spec.class_names) == [n for n, _ in FINE_CLASSES] else {}
+    return {str(i): {"name": name, **({"freesurfer_label": freesurfer[name]} if name in freesurfer else {})}
+            for i, name in enumerate(spec.class_names)}
+
+
 def volume_columns(class_names: Sequence[str]) -> list[str]:
     """``volumes.csv`` header: scan, input, mask, then ``<structure>_ml`` per foreground class."""
     return ["scan", "input", "mask"] + [f"{name}_ml" for name in class_names[1:]]
@@ -397,19 +409,24 @@ class PredictReport:
 def predict(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, task: str | None = None,
             model: str | os.PathLike | None = None, backend: str = "torch", qc: bool = True,
             progress: bool = True, predictor: Predictor | None = None,
-            report: Callable[[str], None] | None = None) -> PredictReport:
+            report: Callable[[str], None] | None = None, fine_model: str | os.PathLike | None = None) -> PredictReport:
     """Segment every scan of ``inputs`` (see :func:`find_scans`) into ``out``.
 
     Writes ``<scan>_seg.nii.gz``, ``<scan>_qc.png`` (unless ``qc`` is False) and a row in ``volumes.csv`` per
-    scan. A bad scan is reported through ``report`` (default: ``error: <path>: <problem>`` on stderr) and
+    scan; ``labels.json`` names the mask's values. ``task`` subcortical runs two stages when a stage-2 model is
+    shipped or given as ``fine_model`` (:mod:`mrivol_monai.two_stage`). A bad scan is reported through ``report`` (default: ``error: <path>: <problem>`` on stderr) and
     skipped. A bad model or output folder raises :class:`InputError` before any scan is read.
     """
     say = report or (lambda msg: tqdm.write(msg, file=sys.stderr))
     out = Path(out)
-    predictor = predictor or Predictor.from_model(model, task, backend)
-    columns = volume_columns(predictor.spec.class_names)
+    if predictor is None:
+        from mrivol_monai.two_stage import predictor_for
+
+        predictor = predictor_for(model, task, backend, fine_model)
+    columns = volume_columns(getattr(predictor, "volume_names", predictor.spec.class_names))
     result = PredictReport(csv_path=out / VOLUMES_CSV, task=predictor.spec.task, backend=predictor.backend)
     _check_out_dir(out, result.csv_path, columns)
+    write_atomic(out / LABELS_JSON, json.dumps(label_table(predictor.spec), indent=2) + "\n")
     scans = find_scans(inputs)
     for item in tqdm(scans, desc=f"mrivol {predictor.spec.task}", unit="scan", disable=not progress, file=sys.stderr):
         start = time.perf_counter()

@@ -37,3 +37,12 @@ def test_committed_manifest_matches_default_cohort_and_split(task):
     assert content["data_root"] == "../bundle/data/synthixi"
     assert {e["site"] for e in content["test"]} == {"IOP"}
     assert len(content["training"]) + len(content["validation"]) + len(content["test"]) == synthetic.DEFAULT_N_SUBJECTS
+
+
+def test_committed_deep_grey_box_manifest_keeps_the_cohort_split():
+    fine = json.loads((MANIFESTS / "synthixi_subcortical_fine.json").read_text())
+    grid = json.loads((MANIFESTS / "synthixi_subcortical.json").read_text())
+    for split in ("training", "validation", "test"):
+        assert sorted(e["subject"] for e in fine[split]) == sorted(e["subject"] for e in grid[split])
+        assert all(e["image"] == f"{e['subject']}-T1box.nii.gz" for e in fine[split])
+    assert fine["task"] == "subcortical_fine" and len(fine["labels"]) == 11

@@ -31,6 +31,7 @@ import nibabel as nib
 import numpy as np
 from monai.data import load_decathlon_datalist
 
+from mrivol_monai.deep_grey_box import CLASS_NAMES as _FINE_CLASS_NAMES
 from mrivol_monai.atomic_io import atomic_path, write_atomic
 from mrivol_monai.errors import InputError
 
@@ -57,6 +58,8 @@ SPLITS: tuple[str, ...] = ("training", "validation", "test")
 TASK_LABELS: dict[str, dict[str, str]] = {
     "brain": {"0": "background", "1": "brain"},
     "subcortical": {"0": "background", "1": "thalamus", "2": "caudate", "3": "putamen", "4": "amygdala"},
+    # stage 2 of the subcortical task: left/right structures in the 1 mm deep grey matter box
+    "subcortical_fine": {str(i): name for i, name in enumerate(_FINE_CLASS_NAMES)},
 }
 # Named label maps for `remap`: source label id -> task label id (left and right merged).
 LABEL_MAPS: dict[str, dict[int, int]] = {

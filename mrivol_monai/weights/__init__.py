@@ -10,6 +10,8 @@ default spec of the task (the network the bundle trains by default).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -123,14 +125,15 @@ def build_network(network_def: dict[str, Any], source: str | os.PathLike = "netw
         raise InputError(source, f"cannot build {name}({kwargs}): {err}") from err
 
 
-def spec_from_bundle_config(config: str | os.PathLike, task: str | None = None) -> ModelSpec:
+def spec_from_bundle_config(config: str | os.PathLike | Sequence[str | os.PathLike], task: str | None = None) -> ModelSpec:
     """Spec from a bundle's ``train.json`` (its ``task``, ``num_classes``, ``network_def``, ``spatial_size``,
     ``depth_axis``); ``task`` overrides the config's task and sets ``num_classes`` to match it."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
+    files = [str(c) for c in config] if isinstance(config, (list, tuple)) else str(config)  # base + overlays
     try:
-        parser.read_config(str(config))
+        parser.read_config(files)
     except (OSError, ValueError) as err:
         raise InputError(config, f"cannot read bundle config: {err}") from err
     if task is not None:
@@ -141,7 +144,7 @@ def spec_from_bundle_config(config: str | os.PathLike, task: str | None = None) 
         if key in parser:
             raw[key] = parser.get_parsed_content(key)
     raw["network_def"] = {k: parser.get_parsed_content(f"network_def#{k}") for k in parser["network_def"]}
-    raw["produced_by"] = {"config": str(config)}
+    raw["produced_by"] = {"config": files if isinstance(files, str) else " ".join(files)}
     return ModelSpec.from_dict(raw, config)
 
 

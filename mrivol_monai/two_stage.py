@@ -1,0 +1,139 @@
+"""Subcortical volumes in two stages: the whole-head grid model finds the deep grey matter, a 2.5D network
+segments left and right structures in the 1 mm box around it (:mod:`mrivol_monai.deep_grey_box`).
+
+Per scan: stage 1 (:class:`mrivol_monai.predict.Predictor` with the grid subcortical model) gives a native
+mask; the centroid of its thalamus, caudate and putamen voxels centres the box; the scan is resampled into
+the box (trilinear), z-scored over its non-zero voxels, each of the D slices gets its two neighbours as
+channels, and stage 2 predicts (C, D, H, W) class probabilities slice by slice. Volumes in mL per structure
+and side: ``hard`` = native mask voxels x native voxel volume (the scores resampled onto the native grid,
+then argmax), ``soft`` = sum of the box probabilities x 1 mm^3; plus left + right totals of the paper's
+four structures. The native mask holds class indices (:data:`~mrivol_monai.deep_grey_box.CLASS_NAMES`,
+written to ``labels.json`` beside it with their FreeSurfer ids).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from monai.inferers import SliceInferer
+from monai.transforms import NormalizeIntensity
+
+from mrivol_monai import deep_grey_box as box
+from mrivol_monai.errors import InputError
+from mrivol_monai.networks import SliceSegmenter, fold_batch_norm
+from mrivol_monai.predict import Predictor, Segmentation
+from mrivol_monai.transforms.slab_sampling import stack_neighbours
+from mrivol_monai.weights import ModelSpec, load_model
+
+FINE_TASK = "subcortical_fine"
+# grid subcortical classes that centre the box (1 thalamus, 2 caudate, 3 putamen; not the amygdala)
+STAGE1_CENTRE_CLASSES = (1, 2, 3)
+
+
+def volume_names() -> list[str]:
+    """``volumes.csv`` structures of the two-stage task: per side (hard), the four totals, then soft per side."""
+    sides = list(box.CLASS_NAMES[1:])
+    return sides + list(box.REPORTED_STRUCTURES) + [f"{name}_soft" for name in sides]
+
+
+def stage1_centre(mask: np.ndarray, affine: np.ndarray, source: str) -> np.ndarray:
+    """(X, Y, Z) stage-1 class mask -> RAS centre of the box; :class:`InputError` if stage 1 found nothing."""
+    found = np.isin(mask, STAGE1_CENTRE_CLASSES)
+    if not found.any():
+        raise InputError(source, "stage 1 found no thalamus, caudate or putamen: not a head T1, or the head crop "
+                                 "failed; no subcortical volumes")
+    centre = box.centroid_ras(found, affine)
+    box.check_centre(centre, affine, mask.shape, source)
+    return centre
+
+
+class FineSegmenter:
+    """Stage 2: ``network`` maps (N, 2n + 1, H, W) slabs to (N, C, H, W) logits; ``spec`` is its checkpoint's."""
+
+    def __init__(self, network: Callable[[torch.Tensor], torch.Tensor], spec: ModelSpec,
+                 slices_per_call: int | None = 8) -> None:
+        if spec.num_classes != box.NUM_CLASSES:
+            raise InputError(None, f"stage-2 model has {spec.num_classes} classes, expected {box.NUM_CLASSES}")
+        if isinstance(network, SliceSegmenter):
+            network = fold_batch_norm(network).to(memory_format=torch.channels_last)
+        self.network, self.spec = network, spec
+        self.neighbours = (int(spec.network_def.get("in_channels", 3)) - 1) // 2
+        self.size = tuple(int(s) for s in spec.spatial_size)
+        d, h, w = self.size
+        self.inferer = SliceInferer(roi_size=(h, w), spatial_dim=0, sw_batch_size=min(d, slices_per_call or d),
+                                    progress=False)
+        self.normalise = NormalizeIntensity(nonzero=True)
+
+    @classmethod
+    def from_model(cls, model: str | os.PathLike | None = None) -> "FineSegmenter":
+        """Stage-2 checkpoint ``model`` (None: the shipped default)."""
+        net, spec = load_model(model, FINE_TASK)
+        return cls(net, spec)
+
+    def box_input(self, image: np.ndarray, affine: np.ndarray, centre: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """(X, Y, Z) scan, its affine, RAS centre -> ((2n + 1, D, H, W) model input, (4, 4) box affine)."""
+        grid = box.box_affine(centre, self.size)
+        x = box.to_box(image, affine, grid, self.size)
+        x = torch.as_tensor(self.normalise(x[None]))
+        return stack_neighbours(x, self.neighbours), grid
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """(2n + 1, D, H, W) input -> (C, D, H, W) class probabilities."""
+        with torch.inference_mode():
+            logits = self.inferer(x[None], self.network)[0]
+        return torch.softmax(logits.float(), dim=0)
+
+
+@dataclass
+class TwoStageSpec:
+    """What ``mrivol predict`` needs to know of a two-stage predictor (a :class:`ModelSpec` look-alike)."""
+
+    task: str
+    class_names: list[str]
+
+
+class TwoStagePredictor:
+    """Stage 1 (grid model, :class:`Predictor`) + stage 2 (:class:`FineSegmenter`); same ``segment`` interface
+    as :class:`Predictor`, with left/right class indices in the mask and hard + soft volumes."""
+
+    def __init__(self, stage1: Predictor, stage2: FineSegmenter) -> None:
+        if stage1.spec.task != "subcortical":
+            raise InputError(None, f"stage 1 must be a subcortical grid model, got task {stage1.spec.task!r}")
+        self.stage1, self.stage2 = stage1, stage2
+        self.backend = stage1.backend
+        self.spec = TwoStageSpec("subcortical", list(box.CLASS_NAMES))
+        self.volume_names = ["background"] + volume_names()
+
+    @classmethod
+    def from_models(cls, stage1: str | os.PathLike | None = None, stage2: str | os.PathLike | None = None,
+                    backend: str = "torch") -> "TwoStagePredictor":
+        return cls(Predictor.from_model(stage1, "subcortical", backend), FineSegmenter.from_model(stage2))
+
+    def segment(self, path: str | os.PathLike) -> Segmentation:
+        """One scan -> native (X, Y, Z) uint8 class indices and volumes (mL) named as :func:`volume_names`."""
+        first = self.stage1.segment(path)
+        centre = stage1_centre(first.mask, first.affine, str(path))
+        x, grid = self.stage2.box_input(first.image, first.affine, centre)
+        probs = self.stage2.probabilities(x)
+        mask = box.box_to_native(probs, grid, first.affine, first.image.shape)
+        hard = box.with_totals(box.hard_volumes_ml(mask, first.affine))
+        soft = box.soft_volumes_ml(probs)
+        volumes = {**hard, **{f"{name}_soft": v for name, v in soft.items()}}
+        return Segmentation(str(path), first.image, mask, first.affine, {k: volumes[k] for k in volume_names()})
+
+
+def predictor_for(model: str | os.PathLike | None = None, task: str | None = None, backend: str = "torch",
+                  fine_model: str | os.PathLike | None = None) -> Predictor | TwoStagePredictor:
+    """The predictor ``mrivol predict`` uses: two stages for ``task`` subcortical when a stage-2 model is given
+    (``fine_model``) or shipped and no other grid model was asked for; else the grid model alone."""
+    from mrivol_monai.weights import default_checkpoint
+
+    if task == "subcortical" and (fine_model is not None or (model is None and default_checkpoint(FINE_TASK).is_file())):
+        return TwoStagePredictor(Predictor.from_model(model, "subcortical", backend), FineSegmenter.from_model(fine_model))
+    if task == FINE_TASK:
+        raise InputError(None, "the stage-2 model segments a box found by stage 1: use --task subcortical")
+    return Predictor.from_model(model, task, backend)
