@@ -14,6 +14,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -123,16 +124,21 @@ def build_network(network_def: dict[str, Any], source: str | os.PathLike = "netw
         raise InputError(source, f"cannot build {name}({kwargs}): {err}") from err
 
 
-def spec_from_bundle_config(config: str | os.PathLike, task: str | None = None) -> ModelSpec:
-    """Spec from a bundle's ``train.json`` (its ``task``, ``num_classes``, ``network_def``, ``spatial_size``,
-    ``depth_axis``); ``task`` overrides the config's task and sets ``num_classes`` to match it."""
+def spec_from_bundle_config(config: str | os.PathLike | Sequence[str | os.PathLike], task: str | None = None,
+                            overrides: Mapping[str, Any] | None = None) -> ModelSpec:
+    """Spec from a bundle's ``train.json`` (or a list of config files merged in order, then ``overrides`` as
+    on the bundle command line): its ``task``, ``num_classes``, ``network_def``, ``spatial_size``,
+    ``depth_axis``; ``task`` overrides the config's task and sets ``num_classes`` to match it."""
     from monai.bundle import ConfigParser
 
+    files = [str(config)] if isinstance(config, (str, os.PathLike)) else [str(c) for c in config]
     parser = ConfigParser()
     try:
-        parser.read_config(str(config))
+        parser.read_config(files if len(files) > 1 else files[0])
     except (OSError, ValueError) as err:
         raise InputError(config, f"cannot read bundle config: {err}") from err
+    if overrides:
+        parser.update(dict(overrides))
     if task is not None:
         parser["task"] = task
         parser["num_classes"] = len(TASK_LABELS.get(task, {})) or parser["num_classes"]
@@ -141,8 +147,8 @@ def spec_from_bundle_config(config: str | os.PathLike, task: str | None = None) 
         if key in parser:
             raw[key] = parser.get_parsed_content(key)
     raw["network_def"] = {k: parser.get_parsed_content(f"network_def#{k}") for k in parser["network_def"]}
-    raw["produced_by"] = {"config": str(config)}
-    return ModelSpec.from_dict(raw, config)
+    raw["produced_by"] = {"config": files[0] if len(files) == 1 else files}
+    return ModelSpec.from_dict(raw, files[-1])
 
 
 def read_spec(path: str | os.PathLike, checkpoint: dict | None = None, task: str | None = None,
@@ -151,7 +157,7 @@ def read_spec(path: str | os.PathLike, checkpoint: dict | None = None, task: str
     ``configs/train.json`` of the bundle it is in (``<bundle>/models/<file>``), else the default network of
     the task that has ``num_classes`` classes (``task`` if none has)."""
     path = Path(path)
-    if checkpoint is not None and isinstance(checkpoint.get("meta"), dict):
+    if checkpoint is not None and isinstance(checkpoint.get("meta"), dict) and "network_def" in checkpoint["meta"]:
         return ModelSpec.from_dict(checkpoint["meta"], path)
     sidecar = path.with_suffix(".json")
     if sidecar.is_file():
