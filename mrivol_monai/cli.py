@@ -1,11 +1,12 @@
 """``mrivol``: segment new scans and report volumes, export models, package trained weights.
 
-    mrivol predict INPUT... --out DIR [--task brain|subcortical] [--model PATH] [--backend torch|onnx]
+    mrivol predict INPUT... --out DIR [--task brain|subcortical] [--model PATH] [--backend torch|onnx] [--threads N]
     mrivol export --format torchscript|onnx --out FILE [--task T] [--model PATH]
     mrivol export-weights --task T --checkpoint bundle/models/model.pt [--config bundle/configs/train.json]
 
-Bad input prints ``error: <file>: <problem>`` on stderr (no traceback); the exit status is 1 if any scan
-failed, 2 if nothing could run (bad model, output folder, options).
+``predict`` first says on stderr which model it uses (file, task, network, how it was trained) and how many
+threads. Bad input prints ``error: <file>: <problem>`` on stderr (no traceback); the exit status is 1 if any
+scan failed, 2 if nothing could run (bad model, output folder, options).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def parser() -> argparse.ArgumentParser:
     pred.add_argument("--model", default=None,
                       help="checkpoint (.pt), bundle folder, or .onnx file (default: the shipped model of --task)")
     pred.add_argument("--backend", choices=BACKENDS, default="torch")
+    pred.add_argument("--threads", type=int, default=None,
+                      help="torch/onnx threads (default: OMP_NUM_THREADS if set, else the cores the load average "
+                           "leaves idle, at least 1)")
     pred.add_argument("--no-qc", action="store_true", help="skip the QC PNGs")
     pred.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -59,11 +63,16 @@ def parser() -> argparse.ArgumentParser:
 def _predict(args: argparse.Namespace) -> int:
     import itk
 
-    from mrivol_monai.predict import predict, summary_line
+    import torch
+
+    from mrivol_monai.predict import Predictor, default_threads, model_line, predict, summary_line
 
     itk.ProcessObject.SetGlobalWarningDisplay(False)  # unreadable DICOM gets our one-line error instead
-    result = predict(args.inputs, args.out, task=args.task, model=args.model, backend=args.backend,
-                     qc=not args.no_qc, progress=not args.quiet)
+    threads, why = default_threads(args.threads)
+    torch.set_num_threads(threads)
+    predictor = Predictor.from_model(args.model, args.task, args.backend, threads=threads)
+    result = predict(args.inputs, args.out, predictor=predictor, qc=not args.no_qc, progress=not args.quiet,
+                     header=[model_line(predictor), f"threads: {threads} ({why})"])
     print(summary_line(result))
     return 1 if result.failed else 0
 

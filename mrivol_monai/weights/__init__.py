@@ -1,9 +1,10 @@
 """Checkpoints for inference: the shipped defaults, what each one is for (its :class:`ModelSpec`), and
 loading any checkpoint, bundle or shipped default into a network with ``torch.load(weights_only=True)``.
 
-A checkpoint is the ``{"model": state_dict}`` dict MONAI's ``CheckpointSaver`` writes; the shipped ones
-(``<task>_unet.pt``) add ``"meta"``: the :class:`ModelSpec` as plain JSON types, also written next to
-them as ``<task>_unet.json``. A checkpoint without a spec is described by, in this order: a JSON file
+A checkpoint is the ``{"model": state_dict}`` dict MONAI's ``CheckpointSaver`` writes; training and the
+shipped ones (``<task>_unet.pt``) add ``"meta"``: the :class:`ModelSpec` as plain JSON types, whose
+``produced_by`` says how it was trained (:mod:`mrivol_monai.provenance`); the shipped spec is also written
+next to them as ``<task>_unet.json``. A checkpoint without a spec is described by, in this order: a JSON file
 with the same stem next to it, the ``configs/train.json`` of the bundle it sits in, or the shipped
 default spec of the task (the network the bundle trains by default).
 """
@@ -28,6 +29,7 @@ __all__ = [
     "ModelSpec",
     "WEIGHTS_DIR",
     "build_network",
+    "checkpoint_path",
     "default_checkpoint",
     "load_model",
     "read_spec",
@@ -184,6 +186,23 @@ def _output_classes(sd: dict[str, torch.Tensor]) -> int:
     return int([v for v in sd.values() if v.ndim >= 4][-1].shape[0])
 
 
+def checkpoint_path(model: str | os.PathLike | None = None, task: str | None = None) -> Path:
+    """The ``.pt`` file :func:`load_model` reads for ``model``: the file itself, ``<bundle>/models/model.pt`` for
+    a bundle folder, the shipped default of ``task`` (brain) for None; :class:`InputError` if it is missing."""
+    if model is None:
+        path = default_checkpoint(task or "brain")
+        if not path.is_file():
+            raise InputError(path, f"no default {task or 'brain'} checkpoint is shipped in this install; pass "
+                                   "--model, or create it with `mrivol export-weights`")
+        return path
+    path = Path(model)
+    if path.is_dir():
+        path = path / "models" / "model.pt"
+    if not path.is_file():
+        raise InputError(path, "checkpoint not found")
+    return path
+
+
 def load_model(model: str | os.PathLike | None = None, task: str | None = None) -> tuple[nn.Module, ModelSpec]:
     """Network in eval mode plus its spec, from ``model`` (a ``.pt`` checkpoint, or a bundle folder with
     ``models/model.pt``), or the shipped default of ``task`` when ``model`` is None.
@@ -191,17 +210,7 @@ def load_model(model: str | os.PathLike | None = None, task: str | None = None) 
     ``task`` None means: the checkpoint's own task (``brain`` for the shipped default). A checkpoint whose
     task or number of classes differs from ``task`` raises :class:`InputError`.
     """
-    if model is None:
-        path = default_checkpoint(task or "brain")
-        if not path.is_file():
-            raise InputError(path, f"no default {task or 'brain'} checkpoint is shipped in this install; pass "
-                                   "--model, or create it with `mrivol export-weights`")
-    else:
-        path = Path(model)
-        if path.is_dir():
-            path = path / "models" / "model.pt"
-        if not path.is_file():
-            raise InputError(path, "checkpoint not found")
+    path = checkpoint_path(model, task)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip and torch errors all mean "not a checkpoint we can read safely"
