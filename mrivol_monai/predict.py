@@ -528,9 +528,9 @@ def default_threads(requested: int | None = None) -> tuple[int, str]:
     """Torch threads for prediction and why: ``requested`` if given, else ``OMP_NUM_THREADS`` if set, else the
     cores the 1-minute load average leaves idle (at least 1, at most the cores this process may use).
 
-    On this project's busy 2-core machine torch's default (one thread per core) made a scan 3-4x slower than
-    one thread (2.81 vs 0.83 s: ``benchmarks/inference_speed.py --threads``): threads that wait for a busy
-    core stall every parallel region.
+    On this project's 2-core VM with other jobs running (load 3-8) torch's default (one thread per core) took
+    6.30 s per IXI-size scan against 0.98 s with one thread (``benchmarks/inference_speed.py
+    --compare-threads``, 2026-12-04): a thread that waits for a busy core stalls every parallel region.
     """
     if requested is not None:
         if requested < 1:
