@@ -16,6 +16,12 @@ same pipeline with the grid resized to 48x128x128 (its 4 stride-2 levels need si
 
     python benchmarks/inference_speed.py            # 3 rounds x 5 runs each
     python benchmarks/inference_speed.py --rounds 5 --runs 3 --threads 2
+    python benchmarks/inference_speed.py --compare-threads   # default model: 1 thread vs mrivol's vs torch's default
+
+``--compare-threads`` times the default torch configuration three ways, in turns: one thread, the thread count
+``mrivol predict`` picks by default (``mrivol_monai.predict.default_threads``: the cores the load average
+leaves idle) and torch's own default (one per core); ``OMP_NUM_THREADS`` is removed from the workers'
+environment so that it does not decide for them.
 """
 
 from __future__ import annotations
@@ -105,13 +111,18 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def worker(name: str, scan: Path, runs: int, threads: int | None, seed: int, slices_per_call: int | None) -> dict:
+def worker(name: str, scan: Path, runs: int, threads: int | str | None, seed: int, slices_per_call: int | None) -> dict:
     """Time one configuration in this process; returns the figures as a dict. ``net_s``: the network alone
-    on the preprocessed (1, D, H, W) image (all slices), timed after the end-to-end runs."""
+    on the preprocessed (1, D, H, W) image (all slices), timed after the end-to-end runs. ``threads``: a count,
+    ``"mrivol"`` (what ``mrivol predict`` picks by default) or ``"torch"``/None (torch's default)."""
     import torch
 
-    if threads:
-        torch.set_num_threads(threads)
+    if threads == "mrivol":
+        from mrivol_monai.predict import default_threads
+
+        torch.set_num_threads(default_threads()[0])
+    elif threads and threads != "torch":
+        torch.set_num_threads(int(threads))
     model, backend = CONFIGS[name]
     predictor, params, weights = build_predictor(model, backend, seed, slices_per_call)
     seconds = []
@@ -131,7 +142,8 @@ def worker(name: str, scan: Path, runs: int, threads: int | None, seed: int, sli
             net_seconds.append(time.perf_counter() - start)
     return {"config": name, "params": params, "weights": weights, "seconds": seconds, "net_seconds": net_seconds,
             "peak_rss_mb": rss_mb, "brain_ml": round(next(iter(seg.volumes.values())), 1),
-            "mask_shape": list(seg.mask.shape)}
+            "mask_shape": list(seg.mask.shape), "threads": torch.get_num_threads(),
+            "load_average": round(os.getloadavg()[0], 2)}
 
 
 def pool(rounds: list[dict]) -> dict:
@@ -142,14 +154,41 @@ def pool(rounds: list[dict]) -> dict:
             "peak_rss_mb": max(r["peak_rss_mb"] for r in rounds), "rounds": len(rounds)}
 
 
-def run_config(name: str, scan: Path, args: argparse.Namespace) -> dict:
+def run_config(name: str, scan: Path, args: argparse.Namespace, threads: str | None = None) -> dict:
+    threads = threads or (str(args.threads) if args.threads else None)
     command = [sys.executable, __file__, "--worker", name, "--scan", str(scan), "--runs", str(args.runs),
                "--seed", str(args.seed), "--slices-per-call", str(args.slices_per_call)] + \
-        (["--threads", str(args.threads)] if args.threads else [])
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        (["--threads", threads] if threads else [])
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    if args.compare_threads:
+        env.pop("OMP_NUM_THREADS", None)
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"error: {name} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+THREAD_SETTINGS = {"1": "1 thread", "mrivol": "mrivol default", "torch": "torch default"}
+
+
+def compare_threads(scan: Path, args: argparse.Namespace) -> None:
+    """Print the default torch configuration's time per scan with 1 thread, mrivol's and torch's default."""
+    rounds = {key: [] for key in THREAD_SETTINGS}
+    for _ in range(args.rounds):
+        for key in THREAD_SETTINGS:
+            rounds[key].append(run_config("default-torch", scan, args, key))
+    print(f"scan: 256x256x150 int16 SynthIXI (seed {args.seed}); default model, torch backend; {os.cpu_count()} CPUs; "
+          f"{args.rounds} rounds x {args.runs} timed runs per setting, settings in turn, each in its own process")
+    print("| threads | torch threads used | load average (1 min) at the end of each round | median s/scan | "
+          "min-max s | network alone s |")
+    print("| --- | --- | --- | ---: | ---: | ---: |")
+    base = statistics.median([t for r in rounds["1"] for t in r["seconds"]])
+    for key, label in THREAD_SETTINGS.items():
+        row = pool(rounds[key])
+        used = ", ".join(str(r["threads"]) for r in rounds[key])
+        loads = ", ".join(f"{r['load_average']:.1f}" for r in rounds[key])
+        print(f"| {label} | {used} | {loads} | {row['median_s']:.2f} ({row['median_s'] / base:.2f}x 1 thread) | "
+              f"{row['min_s']:.2f}-{row['max_s']:.2f} | {row['net_s']:.2f} |")
 
 
 def table(rows: list[dict]) -> str:
@@ -168,12 +207,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5, help="timed runs per configuration and round")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds in which every configuration runs once, in turn (medians over all runs)")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--threads", default=None,
+                        help="torch intra-op threads: a number, 'mrivol' (mrivol predict's default) or 'torch' "
+                             "(default: torch's)")
     parser.add_argument("--seed", type=int, default=0, help="SynthIXI seed of the scan and network init seed")
     parser.add_argument("--workdir", default=None, help="where the scan is written (default: a temp folder)")
     parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=list(CONFIGS))
     parser.add_argument("--slices-per-call", type=int, default=SLICES_PER_CALL,
                         help="slices per network call (0: all 40 at once); trades peak RSS for speed")
+    parser.add_argument("--compare-threads", action="store_true",
+                        help="time the default torch configuration with 1 thread, mrivol's default and torch's")
     parser.add_argument("--worker", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
     parser.add_argument("--scan", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -192,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
             scan = make_scan(folder, args.seed)
         except OSError as err:
             raise SystemExit(f"error: {folder}: cannot write the benchmark scan there ({err.strerror or err})") from None
+        if args.compare_threads:
+            compare_threads(scan, args)
+            return 0
         # configurations take turns, round after round, so that the machine's speed drift (~10 % over
         # minutes on this VM) falls on all of them alike instead of on whichever ran last
         rounds = {name: [] for name in args.configs}

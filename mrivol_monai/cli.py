@@ -1,11 +1,12 @@
 """``mrivol``: segment new scans and report volumes, export models, package trained weights.
 
-    mrivol predict INPUT... --out DIR [--task brain|subcortical] [--model PATH] [--backend torch|onnx]
+    mrivol predict INPUT... --out DIR [--task brain|subcortical] [--model PATH] [--backend torch|onnx] [--threads N]
     mrivol export --format torchscript|onnx --out FILE [--task T] [--model PATH]
     mrivol export-weights --task T --checkpoint bundle/models/model.pt [--config bundle/configs/train.json]
 
-Bad input prints ``error: <file>: <problem>`` on stderr (no traceback); the exit status is 1 if any scan
-failed, 2 if nothing could run (bad model, output folder, options).
+``predict`` first says on stderr which model it uses (file, task, network, how it was trained) and how many
+threads. Bad input prints ``error: <file>: <problem>`` on stderr (no traceback); the exit status is 1 if any
+scan failed, 2 if nothing could run (bad model, output folder, options).
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ def parser() -> argparse.ArgumentParser:
                       help="stage-2 checkpoint of --task subcortical (1 mm left/right box; default: the shipped "
                            "one when present, with the shipped grid model as stage 1)")
     pred.add_argument("--backend", choices=BACKENDS, default="torch")
+    pred.add_argument("--threads", type=int, default=None,
+                      help="torch/onnx threads (default: OMP_NUM_THREADS if set, else the cores the load average "
+                           "leaves idle, at least 1)")
     pred.add_argument("--no-qc", action="store_true", help="skip the QC PNGs")
     pred.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -64,11 +68,18 @@ def parser() -> argparse.ArgumentParser:
 def _predict(args: argparse.Namespace) -> int:
     import itk
 
-    from mrivol_monai.predict import predict, summary_line
+    import torch
+
+    from mrivol_monai.predict import default_threads, model_line, predict, summary_line
+    from mrivol_monai.two_stage import predictor_for
 
     itk.ProcessObject.SetGlobalWarningDisplay(False)  # unreadable DICOM gets our one-line error instead
-    result = predict(args.inputs, args.out, task=args.task, model=args.model, backend=args.backend,
-                     qc=not args.no_qc, progress=not args.quiet, fine_model=args.fine_model)
+    threads, why = default_threads(args.threads)
+    torch.set_num_threads(threads)
+    predictor = predictor_for(args.model, args.task, args.backend, args.fine_model, threads=threads)
+    result = predict(args.inputs, args.out, predictor=predictor, qc=not args.no_qc, progress=not args.quiet,
+                     header=[*(predictor.model_lines() if hasattr(predictor, "model_lines") else [model_line(predictor)]),
+                             f"threads: {threads} ({why})"])
     print(summary_line(result))
     return 1 if result.failed else 0
 

@@ -176,18 +176,29 @@ def export_weights(task: str, checkpoint: str | os.PathLike, config: str | os.Pa
 
     The spec (network, grid, depth axis) is read from ``config`` with ``task`` (and its ``num_classes``)
     overriding the config's; the weights must load strictly into that network. ``produced_by`` records the
-    command line, the source checkpoint and its SHA-256, and ``note``.
+    command line, the source checkpoint and its SHA-256, ``note``, and under ``training`` the provenance the
+    training embedded in the checkpoint (commit, configs, overrides, command, seed: see
+    :mod:`mrivol_monai.provenance`). A checkpoint that embeds its spec is described by that spec (the configs
+    and overrides it was trained with), which must be for ``task``.
     """
-    from mrivol_monai.weights import build_network
+    from mrivol_monai.provenance import provenance_of
+    from mrivol_monai.weights import ModelSpec, build_network
 
     checkpoint = Path(checkpoint)
-    spec = spec_from_bundle_config(config, task)
     try:
         raw = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as err:  # see weights.load_model
         raise InputError(checkpoint, f"not a loadable torch checkpoint ({type(err).__name__})") from err
+    meta = raw.get("meta") if isinstance(raw, dict) and isinstance(raw.get("meta"), dict) else {}
+    training = provenance_of(meta)
+    if "network_def" in meta:
+        spec = ModelSpec.from_dict(meta, checkpoint)
+        if spec.task != task:
+            raise InputError(checkpoint, f"checkpoint was trained for task {spec.task!r}, not {task!r}")
+    else:
+        spec = spec_from_bundle_config(config, task)
     state = raw.get("model", raw) if isinstance(raw, dict) else raw
-    net = build_network(spec.network_def, str(spec.produced_by.get("config", config)))
+    net = build_network(spec.network_def, str(checkpoint))
     try:
         net.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError, AttributeError) as err:
@@ -195,10 +206,12 @@ def export_weights(task: str, checkpoint: str | os.PathLike, config: str | os.Pa
                                      f"{str(err).strip().splitlines()[-1][:200]}") from err
     spec.produced_by = {
         "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "config": str(config) if isinstance(config, (str, os.PathLike)) else " ".join(str(c) for c in config),
+        "config": "(spec embedded in the checkpoint)" if "network_def" in meta else (
+            str(config) if isinstance(config, (str, os.PathLike)) else " ".join(str(c) for c in config)),
         "source_checkpoint": str(checkpoint),
         "source_sha256": _sha256(checkpoint),
         "note": note,
+        "training": training,
     }
     out_dir = Path(out_dir)
     pt_path = out_dir / default_checkpoint(task).name

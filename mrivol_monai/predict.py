@@ -17,6 +17,7 @@ import csv
 import io
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -62,12 +63,17 @@ __all__ = [
     "PredictReport",
     "Segmentation",
     "append_csv_row",
+    "default_threads",
+    "discover_scans",
     "find_scans",
+    "label_file_reason",
+    "model_line",
     "channel_argmax",
     "preprocessing",
     "predict",
     "save_mask",
     "save_qc_png",
+    "skipped_line",
     "summary_line",
     "volume_columns",
     "volume_row",
@@ -96,17 +102,40 @@ def _scan_id(path: Path) -> str:
     return name
 
 
-def find_scans(inputs: Sequence[str | os.PathLike] | str | os.PathLike) -> list[dict[str, str]]:
-    """Expand INPUT arguments into ``[{"image": path, "scan": id}, ...]`` in argument order.
+# name parts (split at _ - . +) that mark a label map or mask, not a scan: our own *_seg output, FreeSurfer
+# aseg / aparc+aseg, BIDS dseg / probseg / *_mask, *_label*, SynthSeg's *_synthseg
+LABEL_NAME_PARTS = ("seg", "aseg", "aparc", "dseg", "probseg", "mask", "brainmask", "labels", "labelmap")
+# an integer image with at most this many distinct values (in a 1-in-27 voxel sample) is a label map: the 20
+# SynthSeg maps hold 53-54 labels, a T1 scan hundreds of grey levels
+MAX_LABEL_VALUES = 128
 
-    A file is one scan (whatever its name; unreadable files fail later, one by one). A folder contributes
-    its NIfTI files (sorted); a folder with no NIfTI files but with other files is one DICOM series; a folder
-    holding only sub-folders is expanded recursively. Missing paths are kept, so they fail as a scan.
-    ``scan`` ids (file stem or folder name) are made unique with a ``-2``, ``-3`` suffix.
-    """
+
+def label_file_reason(path: str | os.PathLike, read_content: bool = True) -> str | None:
+    """Why the NIfTI file at ``path`` looks like a label map or mask rather than a scan (``"name"`` or
+    ``"integer image with N values"``), or None. Unreadable files are not judged here (None): they fail as
+    a scan later, with their own error line."""
+    parts = [t for t in re.split(r"[_\-.+]", _scan_id(Path(path)).lower()) if t]
+    if any(t in LABEL_NAME_PARTS or t.startswith("label") or t.endswith("seg") for t in parts):
+        return "name"
+    if not read_content:
+        return None
+    try:
+        image, _ = read_nifti(path)
+    except Exception:  # noqa: BLE001 -- unreadable: not our call to make here, predict reports it
+        return None
+    if image.dtype.kind not in "iub" or image.ndim < 3:
+        return None
+    values = np.unique(np.asarray(image[::3, ::3, ::3]))
+    return f"integer image with {values.size} values" if values.size <= MAX_LABEL_VALUES else None
+
+
+def discover_scans(inputs: Sequence[str | os.PathLike] | str | os.PathLike
+                   ) -> tuple[list[dict[str, str]], list[tuple[str, str]]]:
+    """:func:`find_scans`, plus the files it left out of folders: ``[(path, reason), ...]``."""
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     found: list[Path] = []
+    skipped: list[tuple[str, str]] = []
 
     def expand(path: Path) -> None:
         if not path.is_dir():
@@ -115,7 +144,12 @@ def find_scans(inputs: Sequence[str | os.PathLike] | str | os.PathLike) -> list[
         entries = sorted(path.iterdir())
         niftis = [p for p in entries if p.is_file() and _is_nifti(p)]
         if niftis:
-            found.extend(niftis)
+            for nifti in niftis:
+                reason = label_file_reason(nifti)
+                if reason:
+                    skipped.append((str(nifti), reason))
+                else:
+                    found.append(nifti)
         elif any(p.is_file() for p in entries) or not entries:
             found.append(path)  # a DICOM series (or an empty folder, reported when read)
         else:
@@ -130,7 +164,33 @@ def find_scans(inputs: Sequence[str | os.PathLike] | str | os.PathLike) -> list[
         base = _scan_id(path)
         seen[base] = seen.get(base, 0) + 1
         scans.append({"image": str(path), "scan": base if seen[base] == 1 else f"{base}-{seen[base]}"})
-    return scans
+    return scans, skipped
+
+
+def find_scans(inputs: Sequence[str | os.PathLike] | str | os.PathLike) -> list[dict[str, str]]:
+    """Expand INPUT arguments into ``[{"image": path, "scan": id}, ...]`` in argument order.
+
+    A file is one scan (whatever its name; unreadable files fail later, one by one). A folder contributes
+    its NIfTI files (sorted) except label maps and masks (:func:`label_file_reason`: by name, or integer
+    images with few values; :func:`discover_scans` lists them); a folder with no NIfTI files but with other
+    files is one DICOM series; a folder holding only sub-folders is expanded recursively. Missing paths are
+    kept, so they fail as a scan. ``scan`` ids (file stem or folder name) are made unique with a ``-2``,
+    ``-3`` suffix.
+    """
+    return discover_scans(inputs)[0]
+
+
+def skipped_line(skipped: Sequence[tuple[str, str]], shown: int = 3) -> str:
+    """One line saying which folder files were not segmented and why (the first ``shown`` of each reason)."""
+    by_name = [Path(p).name for p, r in skipped if r == "name"]
+    by_content = [Path(p).name for p, r in skipped if r != "name"]
+    parts = []
+    for what, names in (("by name", by_name), (f"by content: integer images with <= {MAX_LABEL_VALUES} values",
+                                                   by_content)):
+        if names:
+            more = f", ... {len(names) - shown} more" if len(names) > shown else ""
+            parts.append(f"{len(names)} {what} ({', '.join(names[:shown])}{more})")
+    return f"skipped {len(skipped)} label/mask files in the input folders: " + "; ".join(parts)
 
 
 def preprocessing(spatial_size: Sequence[int], depth_axis: str = "axial") -> Compose:
@@ -209,6 +269,8 @@ class Predictor:
         if slices_per_call is not None and slices_per_call < 1:
             raise ValueError(f"slices_per_call must be >= 1 or None (all slices), got {slices_per_call}")
         self.network, self.spec, self.backend = network, spec, backend
+        self.source: str = "<in memory>"  # where the model was loaded from (set by from_model)
+        self.shipped = False  # the shipped default of its task
         self.dicom_loader = LoadImaged("image", reader="ITKReader", ensure_channel_first=True, image_only=True)
         d, h, w = spec.spatial_size
         self.inferer = SliceInferer(roi_size=(h, w), spatial_dim=0, sw_batch_size=min(d, slices_per_call or d),
@@ -219,7 +281,7 @@ class Predictor:
                    threads: int | None = None, slices_per_call: int | None = SLICES_PER_CALL) -> "Predictor":
         """Load ``model`` (checkpoint, bundle folder, ``.onnx`` file, or None = shipped default of ``task``)
         for ``backend`` (``torch`` or ``onnx``; a torch checkpoint is converted to ONNX in memory)."""
-        from mrivol_monai.weights import load_model
+        from mrivol_monai.weights import checkpoint_path, load_model
 
         if backend not in BACKENDS:
             raise InputError(None, f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
@@ -229,14 +291,19 @@ class Predictor:
             if backend != "onnx":
                 raise InputError(model, "an .onnx model needs --backend onnx")
             session, spec = load_onnx(model, task, threads)
-            return cls(session, spec, backend, slices_per_call)
+            predictor = cls(session, spec, backend, slices_per_call)
+            predictor.source = str(model)
+            return predictor
         net, spec = load_model(model, task)
         if backend == "onnx":
             from mrivol_monai.export import OnnxSegmenter, onnx_from_network
 
-            return cls(OnnxSegmenter(onnx_from_network(net, spec).SerializeToString(), threads), spec, backend,
-                       slices_per_call)
-        return cls(net, spec, backend, slices_per_call)
+            predictor = cls(OnnxSegmenter(onnx_from_network(net, spec).SerializeToString(), threads), spec, backend,
+                            slices_per_call)
+        else:
+            predictor = cls(net, spec, backend, slices_per_call)
+        predictor.source, predictor.shipped = str(checkpoint_path(model, task)), model is None
+        return predictor
 
     def read(self, path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         """Read a NIfTI file or DICOM series folder -> ((X, Y, Z) voxels as stored, (4, 4) voxel -> RAS affine).
@@ -396,7 +463,8 @@ def _check_out_dir(out: Path, csv_path: Path, columns: Sequence[str]) -> None:
 @dataclass
 class PredictReport:
     """Outcome of :func:`predict`: rows written (one dict per scan, as in ``volumes.csv``), failures as
-    ``(input, message)``, ``seconds`` per successful scan."""
+    ``(input, message)``, ``seconds`` per successful scan, folder files ``skipped`` as label maps
+    ``(path, reason)``."""
 
     rows: list[dict[str, object]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
@@ -404,18 +472,22 @@ class PredictReport:
     csv_path: Path | None = None
     task: str = ""
     backend: str = ""
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
 def predict(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, task: str | None = None,
             model: str | os.PathLike | None = None, backend: str = "torch", qc: bool = True,
             progress: bool = True, predictor: Predictor | None = None,
-            report: Callable[[str], None] | None = None, fine_model: str | os.PathLike | None = None) -> PredictReport:
+            report: Callable[[str], None] | None = None, header: Sequence[str] = (),
+            fine_model: str | os.PathLike | None = None) -> PredictReport:
     """Segment every scan of ``inputs`` (see :func:`find_scans`) into ``out``.
 
     Writes ``<scan>_seg.nii.gz``, ``<scan>_qc.png`` (unless ``qc`` is False) and a row in ``volumes.csv`` per
     scan; ``labels.json`` names the mask's values. ``task`` subcortical runs two stages when a stage-2 model is
-    shipped or given as ``fine_model`` (:mod:`mrivol_monai.two_stage`). A bad scan is reported through ``report`` (default: ``error: <path>: <problem>`` on stderr) and
-    skipped. A bad model or output folder raises :class:`InputError` before any scan is read.
+    shipped or given as ``fine_model`` (:mod:`mrivol_monai.two_stage`). A bad scan is reported through
+    ``report`` (default: ``error: <path>: <problem>`` on stderr) and skipped; so are the ``header`` lines and
+    the label/mask files left out of folders (one line). A bad model or output folder raises
+    :class:`InputError` before any scan is read.
     """
     say = report or (lambda msg: tqdm.write(msg, file=sys.stderr))
     out = Path(out)
@@ -427,7 +499,11 @@ def predict(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, task: s
     result = PredictReport(csv_path=out / VOLUMES_CSV, task=predictor.spec.task, backend=predictor.backend)
     _check_out_dir(out, result.csv_path, columns)
     write_atomic(out / LABELS_JSON, json.dumps(label_table(predictor.spec), indent=2) + "\n")
-    scans = find_scans(inputs)
+    for line in header:  # e.g. which model and how many threads, once the model and output folder are good
+        say(line)
+    scans, result.skipped = discover_scans(inputs)
+    if result.skipped:
+        say(skipped_line(result.skipped))
     for item in tqdm(scans, desc=f"mrivol {predictor.spec.task}", unit="scan", disable=not progress, file=sys.stderr):
         start = time.perf_counter()
         try:
@@ -451,6 +527,48 @@ def predict(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, task: s
         result.rows.append(row)
         result.seconds.append(time.perf_counter() - start)
     return result
+
+
+def model_line(predictor: Predictor) -> str:
+    """One line: which model segments (file, shipped default or not), its task, network and grid, and how it
+    was trained (:func:`mrivol_monai.provenance.describe`; the export note for older shipped weights)."""
+    from mrivol_monai.provenance import describe, provenance_of
+
+    spec = predictor.spec
+    net = dict(spec.network_def)
+    name = str(net.pop("_target_", "?")).rsplit(".", 1)[-1]
+    args = " ".join(f"{k}={v}" for k, v in net.items() if k not in ("in_channels", "out_channels"))
+    grid = "x".join(str(s) for s in spec.spatial_size)
+    how = describe(provenance_of(spec.to_dict()), overrides=True)
+    if provenance_of(spec.to_dict()) is None and spec.produced_by.get("note"):
+        how += f" (export note: {spec.produced_by['note']})"
+    kind = "shipped default" if predictor.shipped else "model"
+    return (f"{kind} {predictor.source}: task {spec.task}, {name} {args}, {grid} {spec.depth_axis}, "
+            f"{predictor.backend} backend; {how}")
+
+
+def default_threads(requested: int | None = None) -> tuple[int, str]:
+    """Torch threads for prediction and why: ``requested`` if given, else ``OMP_NUM_THREADS`` if set, else the
+    cores the 1-minute load average leaves idle (at least 1, at most the cores this process may use).
+
+    On this project's 2-core VM with other jobs running (load 3-8) torch's default (one thread per core) took
+    6.30 s per IXI-size scan against 0.98 s with one thread (``benchmarks/inference_speed.py
+    --compare-threads``, 2026-12-04): a thread that waits for a busy core stalls every parallel region.
+    """
+    if requested is not None:
+        if requested < 1:
+            raise InputError(None, f"--threads must be >= 1, got {requested}")
+        return int(requested), "--threads"
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env), "OMP_NUM_THREADS"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return cores, f"{cores} cores, load unknown"
+    n = max(1, min(cores, int(cores - load + 0.5)))
+    return n, f"{cores} cores, load average {load:.1f}"
 
 
 def summary_line(result: PredictReport) -> str:

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 TINY_SUBJECTS = 8
+# shared data that is not part of the repository: ../shared/data next to the repo (MRIVOL_SHARED_DATA to
+# point elsewhere); tests that need it skip, saying where they looked
+SHARED_DATA = Path(os.environ.get("MRIVOL_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+
+
+def shared_data_reason(name: str, what: str) -> str:
+    """Skip reason for a missing shared-data file: what it is, where (relative to the repo) it was looked for."""
+    return (f"{what} ({name}) not found in ../shared/data next to the repository ({SHARED_DATA / name}); "
+            "it is shared data, not part of the repo: set MRIVOL_SHARED_DATA to the folder holding it")
 
 
 @pytest.fixture(scope="session")

@@ -102,23 +102,26 @@ def _scalars(log_dir: Path, tag: str) -> list[float]:
 def test_end_to_end_training_bundle_command(tiny_cohort, tmp_path):
     data_dir, datalist = tiny_cohort
     ckpt_dir, log_dir = tmp_path / "models", tmp_path / "logs"
-    proc = _bundle(
+    args = [
         "run", "training", "--config_file", TRAIN,
         "--dataset_dir", str(data_dir), "--datalist", str(datalist),
         "--ckpt_dir", str(ckpt_dir), "--output_dir", str(log_dir),
         "--spatial_size", "[8,32,32]", "--network_def#ed_blocks", "3", "--network_def#width", "8",
         "--slices_per_volume", "4", "--batch_size", "2", "--epochs", "3", "--augmentations", "none",
         "--learning_rate", "0.01",
-    )
+    ]
+    proc = _bundle(*args)
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
     best = ckpt_dir / "model.pt"
     assert best.is_file()
     state = torch.load(best, map_location="cpu", weights_only=True)
-    assert any(k.endswith("weight") for k in state)
+    assert set(state) == {"model", "meta"} and any(k.endswith("weight") for k in state["model"])
     latest = list(ckpt_dir.glob("latest_*.pt"))
     assert len(latest) == 1
     resumable = torch.load(latest[0], map_location="cpu", weights_only=True)
-    assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(resumable)
+    assert {"model", "optimizer", "lr_scheduler", "trainer", "meta"} <= set(resumable)
+    _check_console(proc.stdout, log_dir, best)
+    _check_provenance(best, args, tmp_path)
     assert resumable["trainer"]["iteration"] == 3 * resumable["trainer"]["epoch_length"]  # saved after epoch 3
     assert list(log_dir.glob("events.out.tfevents.*"))
     dice = _scalars(log_dir, "val_mean_dice")
@@ -128,6 +131,52 @@ def test_end_to_end_training_bundle_command(tiny_cohort, tmp_path):
     per_epoch = len(losses) // 3
     assert per_epoch >= 1
     assert sum(losses[-per_epoch:]) / per_epoch < sum(losses[:per_epoch]) / per_epoch
+
+
+def _check_console(stdout: str, log_dir: Path, best: Path) -> None:
+    """One line per epoch, no per-iteration lines, a closing summary; the full log in the output folder."""
+    lines = stdout.splitlines()
+    epochs = [line for line in lines if " epoch " in line and "val Dice" in line]
+    assert len(epochs) == 3, stdout
+    assert all(" loss " in e and "train Dice" in e and " lr " in e for e in epochs)
+    assert not any("Iter:" in line or "Metrics --" in line for line in lines), stdout
+    summary = stdout[stdout.index("done: 3 epochs"):]
+    best_dice = max(_scalars(log_dir, "val_mean_dice"))
+    assert f"best validation Dice {best_dice:.4f} at epoch" in summary
+    assert f"model        {best}" in summary
+    assert f"--model {best}" in summary and "run evaluating" in summary and f"--logdir {log_dir}" in summary
+    full = (log_dir / "training.log").read_text()
+    assert full.count("Iter: ") == 3 * 3 and "val_mean_dice" in full  # 3 iterations x 3 epochs
+
+
+def _check_provenance(best: Path, args: list[str], tmp_path: Path) -> None:
+    """The checkpoint's embedded provenance checks out against this repo and the command that made it; a wrong
+    command, seed or commit does not; export-weights carries it into the shipped-weights files."""
+    from mrivol_monai.cli import main as mrivol
+    from mrivol_monai.provenance import check_provenance, git_state
+
+    meta = torch.load(best, map_location="cpu", weights_only=True)["meta"]
+    record = meta["produced_by"]
+    assert record["commit"] == git_state(REPO)["commit"] and record["seed"] == 0
+    assert record["overrides"]["epochs"] == 3 and record["overrides"]["spatial_size"] == [8, 32, 32]
+    assert [f["repo_path"] for f in record["config_files"]] == ["bundle/configs/train.json"]
+    assert meta["network_def"]["width"] == 8 and meta["spatial_size"] == [8, 32, 32]
+    command = " ".join(["python", "-m", "monai.bundle", *(f"'{a}'" if "[" in a else a for a in args)])
+    results = check_provenance(best, REPO, command)
+    assert all(ok for ok, _ in results), results
+    other = check_provenance(best, REPO, command.replace("--epochs 3", "--epochs 4"))
+    assert [m for ok, m in other if not ok] and "overrides" in [m for ok, m in other if not ok][0]
+    for key, value, word in (("seed", 1, "seed"), ("commit", "0" * 40, "commit")):
+        tampered = torch.load(best, map_location="cpu", weights_only=True)
+        tampered["meta"]["produced_by"][key] = value
+        torch.save(tampered, tmp_path / f"tampered_{key}.pt")
+        failed = [m for ok, m in check_provenance(tmp_path / f"tampered_{key}.pt", REPO) if not ok]
+        assert failed and failed[0].startswith(word), failed
+    assert mrivol(["export-weights", "--task", "brain", "--checkpoint", str(best), "--out-dir",
+                   str(tmp_path / "w")]) == 0
+    shipped = json.loads((tmp_path / "w" / "brain_unet.json").read_text())
+    assert shipped["produced_by"]["training"] == record and shipped["network_def"] == meta["network_def"]
+    assert all(ok for ok, _ in check_provenance(tmp_path / "w" / "brain_unet.pt", REPO, command))
 
 
 @pytest.mark.parametrize("damage", ["truncate", "delete"])

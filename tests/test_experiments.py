@@ -223,3 +223,20 @@ def test_discussion_file_sections_and_bad_files(tmp_path):
         report.load_discussion(tmp_path / "e9.md")
     with pytest.raises(InputError, match="missing.md: discussion file not found"):
         report.load_discussion(tmp_path / "missing.md")
+
+
+def test_report_writes_into_the_runs_folder_and_never_empties_a_report(tmp_path, capsys):
+    committed = Path(__file__).resolve().parents[1] / "bundle" / "docs" / "results.md"
+    before = committed.stat().st_mtime_ns
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    assert cli.main(["report", "--out", str(runs)]) == 0  # nothing there yet: an empty report, in the runs folder
+    assert capsys.readouterr().out.strip() == f"wrote {runs / 'results.md'}"
+    assert "Not run yet." in (runs / "results.md").read_text()
+    doc = tmp_path / "results.md"
+    doc.write_text("# Results\n\nE1 table that took a day to compute\n")
+    assert cli.main(["report", "--out", str(runs), "--doc", str(doc)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {doc}: no experiment results under {runs}; not overwriting") and "\n" not in err
+    assert doc.read_text() == "# Results\n\nE1 table that took a day to compute\n"
+    assert committed.stat().st_mtime_ns == before

@@ -10,7 +10,9 @@ import pytest
 
 from mrivol_monai.data import label_maps
 
-ORIGINALS = Path(__file__).resolve().parents[2] / "shared" / "data" / "synthseg_label_maps"
+from conftest import SHARED_DATA, shared_data_reason
+
+ORIGINALS = SHARED_DATA / "synthseg_label_maps"
 
 
 def test_twenty_maps_ship_with_licence_notice_and_fit_the_size_budget() -> None:
@@ -27,7 +29,7 @@ def test_twenty_maps_ship_with_licence_notice_and_fit_the_size_budget() -> None:
     assert not labels[:2].any() and not labels[-2:].any()
 
 
-@pytest.mark.skipif(not ORIGINALS.is_dir(), reason="the original label maps (../shared) are not here")
+@pytest.mark.skipif(not ORIGINALS.is_dir(), reason=shared_data_reason(ORIGINALS.name, "the original SynthSeg label maps"))
 @pytest.mark.parametrize("index", range(1, 21))
 def test_shipped_map_equals_the_original_inside_the_crop(index: int) -> None:
     original = nib.load(ORIGINALS / f"{label_maps.map_name(index)}.nii.gz")

@@ -26,7 +26,9 @@ from mrivol_monai.data.manifests import (
 )
 from mrivol_monai.errors import InputError
 
-IXI_IDS_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "ixitiny_ids_sites.csv"
+from conftest import SHARED_DATA, shared_data_reason
+
+IXI_IDS_CSV = SHARED_DATA / "ixitiny_ids_sites.csv"
 SHAPE = (8, 8, 8)
 
 
@@ -184,7 +186,7 @@ def _ixi_ids() -> list[tuple[str, str]]:
         return [(row["ixi_id"], row["site"]) for row in csv.DictReader(f)]
 
 
-@pytest.mark.skipif(not IXI_IDS_CSV.is_file(), reason=f"{IXI_IDS_CSV} not present")
+@pytest.mark.skipif(not IXI_IDS_CSV.is_file(), reason=shared_data_reason(IXI_IDS_CSV.name, "the IXITiny id list"))
 def test_real_ixi_ids(tmp_path: Path) -> None:
     ids = _ixi_ids()
     names = [f"{ixi}-{site}-{1000 + i:04d}_image.nii.gz" for i, (ixi, site) in enumerate(ids)]

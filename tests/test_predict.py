@@ -397,3 +397,65 @@ def test_batching_slices_does_not_change_the_mask_and_bad_batch_sizes_are_refuse
     assert np.array_equal(masks[0], masks[1])
     with pytest.raises(ValueError, match="slices_per_call must be >= 1"):
         Predictor(net, spec, slices_per_call=0)
+
+
+def test_predict_says_which_model_it_uses_and_takes_a_trained_bundles_model_pt(tmp_path, scans, capsys):
+    from mrivol_monai.provenance import training_provenance
+    from mrivol_monai.weights import default_checkpoint
+
+    trained = tmp_path / "bundle" / "models" / "model.pt"  # where the bundle's training writes its best model
+    trained.parent.mkdir(parents=True)
+    tiny_checkpoint(trained)
+    checkpoint = torch.load(trained, weights_only=True)
+    record = training_provenance(3, [str(REPO / "bundle" / "configs" / "train.json")], {"epochs": 2}, argv=["x"])
+    checkpoint["meta"]["produced_by"] = record
+    torch.save(checkpoint, trained)
+    assert main(["predict", str(scans["good1"]), "--model", str(trained), "--out", str(tmp_path / "o1"), "--quiet",
+                 "--no-qc", "--threads", "1"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    line = next(e for e in err if e.startswith("model "))
+    assert line.startswith(f"model {trained}: task brain, UNet2d ed_blocks=2 width=4, 8x16x16 axial, torch backend")
+    assert f"commit {record['commit'][:10]}" in line and "seed 3" in line and "--epochs 2" in line
+    assert "threads: 1 (--threads)" in err
+    assert main(["predict", str(scans["good1"]), "--model", str(tmp_path / "bundle"), "--out", str(tmp_path / "o2"),
+                 "--quiet", "--no-qc"]) == 0  # the bundle folder finds models/model.pt
+    assert f"model {trained}: task brain" in capsys.readouterr().err
+    if default_checkpoint("brain").is_file():
+        assert main(["predict", str(scans["good1"]), "--out", str(tmp_path / "o3"), "--quiet", "--no-qc"]) == 0
+        err = capsys.readouterr().err
+        assert f"shipped default {default_checkpoint('brain')}: task brain, UNet2d" in err
+
+
+def test_label_file_names_are_recognised():
+    from mrivol_monai.predict import label_file_reason
+
+    labels = ["scan_seg.nii.gz", "SYN0001-HH-0001-aseg.nii.gz", "aparc+aseg.nii", "sub-01_dseg.nii.gz",
+              "sub-01_desc-brain_mask.nii.gz", "case_label.nii.gz", "case_labels_v2.nii.gz", "t1_synthseg.nii.gz"]
+    scans_ = ["IXI002-Guys-0828-T1.nii.gz", "sub-01_T1w.nii.gz", "SYN0001-HH-0001-T1.nii.gz", "brain.nii.gz"]
+    assert [label_file_reason(n, read_content=False) for n in labels] == ["name"] * len(labels)
+    assert [label_file_reason(n, read_content=False) for n in scans_] == [None] * len(scans_)
+
+
+def test_cohort_folder_gives_one_row_per_scan_and_says_what_it_skipped(tiny_cohort, tmp_path, capsys):
+    from mrivol_monai.predict import discover_scans
+
+    cohort, _ = tiny_cohort
+    found, skipped = discover_scans(cohort)
+    t1 = sorted(p.name for p in cohort.glob("*-T1.nii.gz"))
+    assert [Path(f["image"]).name for f in found] == t1 and len(t1) == 8
+    reasons = {Path(p).name.split("-")[-1]: r for p, r in skipped}
+    assert reasons["aseg.nii.gz"] == "name"
+    assert reasons["brain.nii.gz"] == "integer image with 2 values"  # by content: its name says nothing
+    assert reasons["subcortical.nii.gz"].startswith("integer image with")
+    assert len(skipped) == 3 * 8
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
+    assert main(["predict", str(cohort), "--model", str(ckpt), "--out", str(tmp_path / "out"), "--quiet",
+                 "--no-qc"]) == 0
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if line.startswith("skipped")]
+    assert said == [line for line in said if "24 label/mask files" in line] and len(said) == 1
+    rows = list(csv.DictReader(open(tmp_path / "out" / "volumes.csv")))
+    assert sorted(r["scan"] for r in rows) == [n[: -len(".nii.gz")] for n in t1]
+    # a label file named on the command line is still taken: the user asked for it
+    assert [f["scan"] for f in discover_scans(cohort / t1[0].replace("-T1", "-brain"))[0]] == [
+        t1[0].replace("-T1.nii.gz", "-brain")]

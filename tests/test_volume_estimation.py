@@ -198,6 +198,12 @@ def test_evaluating_bundle_matches_an_independent_computation(cohort, tmp_path):
     assert brain["dice_mean"] == pytest.approx(np.mean(dices), rel=1e-6)
     assert _scalar(eval_dir, "volume/brain/voxels_abs_pct_mean") == pytest.approx(np.mean(abs_err), rel=1e-5)
     assert "| brain |" in (eval_dir / "summary.md").read_text()
+    # the test-site Dice is named for what it is, in TensorBoard and in the evaluation's log file
+    assert _scalar(eval_dir, "test_mean_dice") == pytest.approx(np.mean(dices), abs=1e-5)
+    with pytest.raises(KeyError):
+        _scalar(eval_dir, "val_mean_dice")
+    log = (eval_dir / "evaluation.log").read_text()
+    assert "test_mean_dice" in log and "val_mean_dice" not in log
     for png in ("bland_altman.png", "pred_vs_true.png", "examples.png"):
         assert (eval_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--variants", default=None, help="comma-separated variant names (default: the profile's)")
     rep = sub.add_parser("report", help="tables of every experiment under --out into one Markdown file")
     rep.add_argument("--out", default="runs")
-    rep.add_argument("--doc", default="bundle/docs/results.md")
+    rep.add_argument("--doc", default=None, help="Markdown file to write (default: <--out>/results.md; the "
+                                                 "committed report is bundle/docs/results.md)")
     rep.add_argument("--title", default="Results")
     rep.add_argument("--intro", default="", help="paragraph under the title (what was run)")
     rep.add_argument("--discussion", default=None,
@@ -84,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "report":
             discussion = args.discussion or (DEFAULT_DISCUSSION if Path(DEFAULT_DISCUSSION).is_file() else None)
-            path = report.write_report(args.out, args.doc, title=args.title, intro=args.intro, discussion=discussion)
+            doc = args.doc or str(Path(args.out) / "results.md")
+            path = report.write_report(args.out, doc, title=args.title, intro=args.intro, discussion=discussion)
             print(f"wrote {path}")
             return 0
         settings = dict(_setting(s) for s in args.settings)

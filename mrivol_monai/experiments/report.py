@@ -160,8 +160,12 @@ def build_report(out: str | os.PathLike, img_dir: str | os.PathLike | None = Non
 def write_report(out: str | os.PathLike, doc: str | os.PathLike, title: str = "Results", intro: str = "",
                  discussion: str | os.PathLike | None = None) -> Path:
     """Write :func:`build_report` to ``doc`` atomically (plots into ``<doc dir>/img``), with the paragraphs of
-    the ``discussion`` file (:func:`load_discussion`) when given."""
+    the ``discussion`` file (:func:`load_discussion`) when given. A report without any results is not written
+    over a non-empty ``doc`` (:class:`InputError`): an empty or mistyped runs folder must not erase results."""
     doc = Path(doc)
+    if not any(load_results(Path(out) / key) for key in EXPERIMENTS) and doc.is_file() and doc.read_text().strip():
+        raise InputError(doc, f"no experiment results under {out}; not overwriting this non-empty report with an "
+                              "empty one (pass --out with the runs, or another --doc)")
     notes = load_discussion(discussion) if discussion else None
     text = build_report(out, doc.parent / "img", title=title, intro=intro, discussion=notes)
     return write_atomic(doc, text)

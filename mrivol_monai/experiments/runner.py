@@ -331,7 +331,9 @@ def execute_run(run_dir: str | os.PathLike) -> None:
     spec = json.loads((run_dir / "spec.json").read_text())
     logging_conf = str(CONFIGS / "logging.conf")
     started = time.perf_counter()
-    wf = create_workflow(config_file=spec["train_files"], run_id="training", logging_file=logging_conf)
+    # in-process, sys.argv is not the bundle command: tell the checkpoints' provenance record its config files
+    wf = create_workflow(config_file=spec["train_files"], run_id="training", logging_file=logging_conf,
+                         **{"training_record#config_files": spec["train_files"]})
     wf.run()
     parser = wf.parser
     timing: dict[str, Any] = {

@@ -1,21 +1,21 @@
 """Checkpoints for inference: the shipped defaults, what each one is for (its :class:`ModelSpec`), and
 loading any checkpoint, bundle or shipped default into a network with ``torch.load(weights_only=True)``.
 
-A checkpoint is the ``{"model": state_dict}`` dict MONAI's ``CheckpointSaver`` writes; the shipped ones
-(``<task>_unet.pt``) add ``"meta"``: the :class:`ModelSpec` as plain JSON types, also written next to
-them as ``<task>_unet.json``. A checkpoint without a spec is described by, in this order: a JSON file
+A checkpoint is the ``{"model": state_dict}`` dict MONAI's ``CheckpointSaver`` writes; training and the
+shipped ones (``<task>_unet.pt``) add ``"meta"``: the :class:`ModelSpec` as plain JSON types, whose
+``produced_by`` says how it was trained (:mod:`mrivol_monai.provenance`); the shipped spec is also written
+next to them as ``<task>_unet.json``. A checkpoint without a spec is described by, in this order: a JSON file
 with the same stem next to it, the ``configs/train.json`` of the bundle it sits in, or the shipped
 default spec of the task (the network the bundle trains by default).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -29,6 +29,7 @@ __all__ = [
     "ModelSpec",
     "WEIGHTS_DIR",
     "build_network",
+    "checkpoint_path",
     "default_checkpoint",
     "load_model",
     "read_spec",
@@ -125,17 +126,21 @@ def build_network(network_def: dict[str, Any], source: str | os.PathLike = "netw
         raise InputError(source, f"cannot build {name}({kwargs}): {err}") from err
 
 
-def spec_from_bundle_config(config: str | os.PathLike | Sequence[str | os.PathLike], task: str | None = None) -> ModelSpec:
-    """Spec from a bundle's ``train.json`` (its ``task``, ``num_classes``, ``network_def``, ``spatial_size``,
-    ``depth_axis``); ``task`` overrides the config's task and sets ``num_classes`` to match it."""
+def spec_from_bundle_config(config: str | os.PathLike | Sequence[str | os.PathLike], task: str | None = None,
+                            overrides: Mapping[str, Any] | None = None) -> ModelSpec:
+    """Spec from a bundle's ``train.json`` (or a list of config files merged in order, then ``overrides`` as
+    on the bundle command line): its ``task``, ``num_classes``, ``network_def``, ``spatial_size``,
+    ``depth_axis``; ``task`` overrides the config's task and sets ``num_classes`` to match it."""
     from monai.bundle import ConfigParser
 
+    files = [str(config)] if isinstance(config, (str, os.PathLike)) else [str(c) for c in config]
     parser = ConfigParser()
-    files = [str(c) for c in config] if isinstance(config, (list, tuple)) else str(config)  # base + overlays
     try:
-        parser.read_config(files)
+        parser.read_config(files if len(files) > 1 else files[0])
     except (OSError, ValueError) as err:
         raise InputError(config, f"cannot read bundle config: {err}") from err
+    if overrides:
+        parser.update(dict(overrides))
     if task is not None:
         parser["task"] = task
         parser["num_classes"] = len(TASK_LABELS.get(task, {})) or parser["num_classes"]
@@ -144,8 +149,8 @@ def spec_from_bundle_config(config: str | os.PathLike | Sequence[str | os.PathLi
         if key in parser:
             raw[key] = parser.get_parsed_content(key)
     raw["network_def"] = {k: parser.get_parsed_content(f"network_def#{k}") for k in parser["network_def"]}
-    raw["produced_by"] = {"config": files if isinstance(files, str) else " ".join(files)}
-    return ModelSpec.from_dict(raw, config)
+    raw["produced_by"] = {"config": files[0] if len(files) == 1 else files}
+    return ModelSpec.from_dict(raw, files[-1])
 
 
 def read_spec(path: str | os.PathLike, checkpoint: dict | None = None, task: str | None = None,
@@ -154,7 +159,7 @@ def read_spec(path: str | os.PathLike, checkpoint: dict | None = None, task: str
     ``configs/train.json`` of the bundle it is in (``<bundle>/models/<file>``), else the default network of
     the task that has ``num_classes`` classes (``task`` if none has)."""
     path = Path(path)
-    if checkpoint is not None and isinstance(checkpoint.get("meta"), dict):
+    if checkpoint is not None and isinstance(checkpoint.get("meta"), dict) and "network_def" in checkpoint["meta"]:
         return ModelSpec.from_dict(checkpoint["meta"], path)
     sidecar = path.with_suffix(".json")
     if sidecar.is_file():
@@ -181,6 +186,23 @@ def _output_classes(sd: dict[str, torch.Tensor]) -> int:
     return int([v for v in sd.values() if v.ndim >= 4][-1].shape[0])
 
 
+def checkpoint_path(model: str | os.PathLike | None = None, task: str | None = None) -> Path:
+    """The ``.pt`` file :func:`load_model` reads for ``model``: the file itself, ``<bundle>/models/model.pt`` for
+    a bundle folder, the shipped default of ``task`` (brain) for None; :class:`InputError` if it is missing."""
+    if model is None:
+        path = default_checkpoint(task or "brain")
+        if not path.is_file():
+            raise InputError(path, f"no default {task or 'brain'} checkpoint is shipped in this install; pass "
+                                   "--model, or create it with `mrivol export-weights`")
+        return path
+    path = Path(model)
+    if path.is_dir():
+        path = path / "models" / "model.pt"
+    if not path.is_file():
+        raise InputError(path, "checkpoint not found")
+    return path
+
+
 def load_model(model: str | os.PathLike | None = None, task: str | None = None) -> tuple[nn.Module, ModelSpec]:
     """Network in eval mode plus its spec, from ``model`` (a ``.pt`` checkpoint, or a bundle folder with
     ``models/model.pt``), or the shipped default of ``task`` when ``model`` is None.
@@ -188,17 +210,7 @@ def load_model(model: str | os.PathLike | None = None, task: str | None = None) 
     ``task`` None means: the checkpoint's own task (``brain`` for the shipped default). A checkpoint whose
     task or number of classes differs from ``task`` raises :class:`InputError`.
     """
-    if model is None:
-        path = default_checkpoint(task or "brain")
-        if not path.is_file():
-            raise InputError(path, f"no default {task or 'brain'} checkpoint is shipped in this install; pass "
-                                   "--model, or create it with `mrivol export-weights`")
-    else:
-        path = Path(model)
-        if path.is_dir():
-            path = path / "models" / "model.pt"
-        if not path.is_file():
-            raise InputError(path, "checkpoint not found")
+    path = checkpoint_path(model, task)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip and torch errors all mean "not a checkpoint we can read safely"
