@@ -67,12 +67,17 @@ class FineSegmenter:
         self.inferer = SliceInferer(roi_size=(h, w), spatial_dim=0, sw_batch_size=min(d, slices_per_call or d),
                                     progress=False)
         self.normalise = NormalizeIntensity(nonzero=True)
+        self.backend, self.source, self.shipped = "torch", "<in memory>", False  # as Predictor's, for model_line
 
     @classmethod
     def from_model(cls, model: str | os.PathLike | None = None) -> "FineSegmenter":
         """Stage-2 checkpoint ``model`` (None: the shipped default)."""
+        from mrivol_monai.weights import checkpoint_path
+
         net, spec = load_model(model, FINE_TASK)
-        return cls(net, spec)
+        segmenter = cls(net, spec)
+        segmenter.source, segmenter.shipped = str(checkpoint_path(model, FINE_TASK)), model is None
+        return segmenter
 
     def box_input(self, image: np.ndarray, affine: np.ndarray, centre: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         """(X, Y, Z) scan, its affine, RAS centre -> ((2n + 1, D, H, W) model input, (4, 4) box affine)."""
@@ -108,10 +113,11 @@ class TwoStagePredictor:
         self.spec = TwoStageSpec("subcortical", list(box.CLASS_NAMES))
         self.volume_names = ["background"] + volume_names()
 
-    @classmethod
-    def from_models(cls, stage1: str | os.PathLike | None = None, stage2: str | os.PathLike | None = None,
-                    backend: str = "torch") -> "TwoStagePredictor":
-        return cls(Predictor.from_model(stage1, "subcortical", backend), FineSegmenter.from_model(stage2))
+    def model_lines(self) -> list[str]:
+        """Which models segment (see :func:`mrivol_monai.predict.model_line`), one line per stage."""
+        from mrivol_monai.predict import model_line
+
+        return [f"stage 1: {model_line(self.stage1)}", f"stage 2: {model_line(self.stage2)}"]
 
     def segment(self, path: str | os.PathLike) -> Segmentation:
         """One scan -> native (X, Y, Z) uint8 class indices and volumes (mL) named as :func:`volume_names`."""
@@ -127,13 +133,14 @@ class TwoStagePredictor:
 
 
 def predictor_for(model: str | os.PathLike | None = None, task: str | None = None, backend: str = "torch",
-                  fine_model: str | os.PathLike | None = None) -> Predictor | TwoStagePredictor:
+                  fine_model: str | os.PathLike | None = None, threads: int | None = None) -> Predictor | TwoStagePredictor:
     """The predictor ``mrivol predict`` uses: two stages for ``task`` subcortical when a stage-2 model is given
     (``fine_model``) or shipped and no other grid model was asked for; else the grid model alone."""
     from mrivol_monai.weights import default_checkpoint
 
     if task == "subcortical" and (fine_model is not None or (model is None and default_checkpoint(FINE_TASK).is_file())):
-        return TwoStagePredictor(Predictor.from_model(model, "subcortical", backend), FineSegmenter.from_model(fine_model))
+        return TwoStagePredictor(Predictor.from_model(model, "subcortical", backend, threads=threads),
+                                 FineSegmenter.from_model(fine_model))
     if task == FINE_TASK:
         raise InputError(None, "the stage-2 model segments a box found by stage 1: use --task subcortical")
-    return Predictor.from_model(model, task, backend)
+    return Predictor.from_model(model, task, backend, threads=threads)
