@@ -1,8 +1,12 @@
 """``mrivol``: segment new scans and report volumes, export models, package trained weights.
 
-    mrivol predict INPUT... --out DIR [--task brain|subcortical] [--model PATH] [--backend torch|onnx]
-    mrivol export --format torchscript|onnx --out FILE [--task T] [--model PATH]
+    mrivol predict INPUT... --out DIR [--task brain|subcortical] [--model PATH] [--backend torch|onnx] [--trust-bundle]
+    mrivol export --format torchscript|onnx --out FILE [--task T] [--model PATH] [--trust-bundle]
     mrivol export-weights --task T --checkpoint bundle/models/model.pt [--config bundle/configs/train.json]
+
+Checkpoints are read with ``torch.load(weights_only=True)``. A bundle folder given as ``--model`` is described
+by the literal values of its ``configs/train.json``; a bundle is code, and its ``$`` expressions run only with
+``--trust-bundle``.
 
 Bad input prints ``error: <file>: <problem>`` on stderr (no traceback); the exit status is 1 if any scan
 failed, 2 if nothing could run (bad model, output folder, options).
@@ -19,6 +23,8 @@ from mrivol_monai.errors import InputError
 __all__ = ["main", "parser"]
 
 TASKS = ("brain", "subcortical")
+TRUST_HELP = ("a bundle is code: let --model BUNDLE_DIR run the $ expressions of its configs when they are needed "
+              "to describe the network (only for bundles you trust)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -38,6 +44,7 @@ def parser() -> argparse.ArgumentParser:
     pred.add_argument("--model", default=None,
                       help="checkpoint (.pt), bundle folder, or .onnx file (default: the shipped model of --task)")
     pred.add_argument("--backend", choices=BACKENDS, default="torch")
+    pred.add_argument("--trust-bundle", action="store_true", help=TRUST_HELP)
     pred.add_argument("--no-qc", action="store_true", help="skip the QC PNGs")
     pred.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -46,6 +53,7 @@ def parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", required=True, help="output file (.ts / .onnx)")
     exp.add_argument("--task", choices=TASKS, default=None)
     exp.add_argument("--model", default=None, help="checkpoint or bundle folder (default: the shipped model)")
+    exp.add_argument("--trust-bundle", action="store_true", help=TRUST_HELP)
 
     wts = sub.add_parser("export-weights", help="make a trained bundle checkpoint the shipped default of a task")
     wts.add_argument("--task", choices=TASKS, required=True)
@@ -63,7 +71,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     itk.ProcessObject.SetGlobalWarningDisplay(False)  # unreadable DICOM gets our one-line error instead
     result = predict(args.inputs, args.out, task=args.task, model=args.model, backend=args.backend,
-                     qc=not args.no_qc, progress=not args.quiet)
+                     qc=not args.no_qc, progress=not args.quiet, trust_bundle=args.trust_bundle)
     print(summary_line(result))
     return 1 if result.failed else 0
 
@@ -72,7 +80,7 @@ def _export(args: argparse.Namespace) -> int:
     from mrivol_monai.export import export_model
     from mrivol_monai.weights import load_model
 
-    net, spec = load_model(args.model, args.task)
+    net, spec = load_model(args.model, args.task, trust_bundle=args.trust_bundle)
     path = export_model(net, spec, args.format, args.out)
     print(f"wrote {args.format} {spec.task} model ({spec.num_classes} classes) to {path}")
     return 0

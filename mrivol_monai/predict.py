@@ -60,6 +60,7 @@ __all__ = [
     "append_csv_row",
     "find_scans",
     "channel_argmax",
+    "check_field_of_view",
     "preprocessing",
     "predict",
     "save_mask",
@@ -76,6 +77,8 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 MASK_SUFFIX = "_seg.nii.gz"
 QC_SUFFIX = "_qc.png"
 VOLUMES_CSV = "volumes.csv"
+MIN_HEAD_VOXELS = 16  # per axis: fewer cannot show a head (an 8x8x8 volume, a single slab)
+MIN_HEAD_MM = 20.0  # per axis, field of view in mm
 SLICES_PER_CALL = 10  # peak RSS vs speed on an IXI-size scan: see benchmarks/inference_speed.py --slices-per-call
 
 
@@ -126,6 +129,19 @@ def find_scans(inputs: Sequence[str | os.PathLike] | str | os.PathLike) -> list[
         seen[base] = seen.get(base, 0) + 1
         scans.append({"image": str(path), "scan": base if seen[base] == 1 else f"{base}-{seen[base]}"})
     return scans
+
+
+def check_field_of_view(shape: Sequence[int], affine: np.ndarray, path: str | os.PathLike) -> None:
+    """:class:`InputError` unless every axis of the (X, Y, Z) ``shape`` has at least ``MIN_HEAD_VOXELS`` voxels
+    and ``MIN_HEAD_MM`` mm: a smaller image cannot hold a head, and segmenting it gives 0 mL with no error."""
+    if len(shape) != 3:
+        return  # model_input reports the dimensionality
+    sizes = np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
+    extent = [n * z for n, z in zip(shape, sizes)]
+    if min(shape) < MIN_HEAD_VOXELS or min(extent) < MIN_HEAD_MM:
+        raise InputError(path, f"image of {'x'.join(map(str, shape))} voxels ({' x '.join(f'{e:.0f}' for e in extent)} mm) "
+                               f"is too small to hold a head (at least {MIN_HEAD_VOXELS} voxels and {MIN_HEAD_MM:.0f} mm "
+                               "along each axis); is this the whole-head T1?")
 
 
 def preprocessing(spatial_size: Sequence[int], depth_axis: str = "axial") -> Compose:
@@ -211,9 +227,11 @@ class Predictor:
 
     @classmethod
     def from_model(cls, model: str | os.PathLike | None = None, task: str | None = None, backend: str = "torch",
-                   threads: int | None = None, slices_per_call: int | None = SLICES_PER_CALL) -> "Predictor":
+                   threads: int | None = None, slices_per_call: int | None = SLICES_PER_CALL,
+                   trust_bundle: bool = False) -> "Predictor":
         """Load ``model`` (checkpoint, bundle folder, ``.onnx`` file, or None = shipped default of ``task``)
-        for ``backend`` (``torch`` or ``onnx``; a torch checkpoint is converted to ONNX in memory)."""
+        for ``backend`` (``torch`` or ``onnx``; a torch checkpoint is converted to ONNX in memory).
+        ``trust_bundle``: allow running a bundle's ``$`` config code to describe its checkpoint (a bundle is code)."""
         from mrivol_monai.weights import load_model
 
         if backend not in BACKENDS:
@@ -225,7 +243,7 @@ class Predictor:
                 raise InputError(model, "an .onnx model needs --backend onnx")
             session, spec = load_onnx(model, task, threads)
             return cls(session, spec, backend, slices_per_call)
-        net, spec = load_model(model, task)
+        net, spec = load_model(model, task, trust_bundle=trust_bundle)
         if backend == "onnx":
             from mrivol_monai.export import OnnxSegmenter, onnx_from_network
 
@@ -260,6 +278,7 @@ class Predictor:
     def model_input(self, path: str | os.PathLike) -> tuple[torch.Tensor, GridMap, np.ndarray, np.ndarray]:
         """Read and preprocess one scan -> ((1, D, H, W) float32 model input, its GridMap, stored voxels, affine)."""
         image, affine = self.read(path)
+        check_field_of_view(image.shape, affine, path)
         try:
             x, grid = model_input(image, affine, self.spec.spatial_size, self.spec.depth_axis)
         except InputError as err:
@@ -394,7 +413,7 @@ class PredictReport:
 def predict(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, task: str | None = None,
             model: str | os.PathLike | None = None, backend: str = "torch", qc: bool = True,
             progress: bool = True, predictor: Predictor | None = None,
-            report: Callable[[str], None] | None = None) -> PredictReport:
+            report: Callable[[str], None] | None = None, trust_bundle: bool = False) -> PredictReport:
     """Segment every scan of ``inputs`` (see :func:`find_scans`) into ``out``.
 
     Writes ``<scan>_seg.nii.gz``, ``<scan>_qc.png`` (unless ``qc`` is False) and a row in ``volumes.csv`` per
@@ -403,7 +422,7 @@ def predict(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, task: s
     """
     say = report or (lambda msg: tqdm.write(msg, file=sys.stderr))
     out = Path(out)
-    predictor = predictor or Predictor.from_model(model, task, backend)
+    predictor = predictor or Predictor.from_model(model, task, backend, trust_bundle=trust_bundle)
     columns = volume_columns(predictor.spec.class_names)
     result = PredictReport(csv_path=out / VOLUMES_CSV, task=predictor.spec.task, backend=predictor.backend)
     _check_out_dir(out, result.csv_path, columns)

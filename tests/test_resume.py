@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mrivol_monai.errors import InputError
-from mrivol_monai.handlers import check_training_run, latest_checkpoint
+from mrivol_monai.handlers import check_epochs, check_training_run, latest_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "bundle" / "configs" / "train.json")
@@ -157,13 +157,13 @@ def test_killed_run_resumed_ends_as_the_uninterrupted_run(tiny_cohort, tmp_path)
 
 def test_resume_with_nothing_to_resume_says_so(tmp_path):
     with pytest.raises(InputError, match="no latest_.*checkpoint to resume from"):
-        check_training_run(tmp_path / "m", tmp_path / "l", "true", 3)
+        check_training_run(tmp_path / "m", tmp_path / "l", "true")
 
 
-@pytest.mark.parametrize("epochs", [0, -2, "ten"])
-def test_epochs_below_one_is_one_line(tmp_path, epochs):
+@pytest.mark.parametrize("epochs", [0, -2, "ten", 2.5])
+def test_epochs_below_one_is_one_line(epochs):
     with pytest.raises(InputError, match=r"epochs must be a whole number >= 1, got .*--epochs"):
-        check_training_run(tmp_path / "m", tmp_path / "l", False, epochs)
+        check_epochs(epochs)
 
 
 @pytest.mark.parametrize("setting", ["ckpt_dir", "output_dir"])
@@ -172,4 +172,4 @@ def test_unwritable_checkpoint_or_log_folder_is_one_line(tmp_path, setting):
     blocker.write_text("")
     folders = {"ckpt_dir": tmp_path / "m", "output_dir": tmp_path / "l", setting: blocker / "sub"}
     with pytest.raises(InputError, match=f"{setting} is not writable"):
-        check_training_run(folders["ckpt_dir"], folders["output_dir"], False, 3)
+        check_training_run(folders["ckpt_dir"], folders["output_dir"], False)

@@ -6,6 +6,7 @@ from mrivol_monai.handlers.checkpoints import (
     AtomicDiskSaver,
     ResumeLoader,
     TrainingRunState,
+    check_epochs,
     check_training_run,
     latest_checkpoint,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "AtomicDiskSaver",
     "ResumeLoader",
     "TrainingRunState",
+    "check_epochs",
     "check_training_run",
     "latest_checkpoint",
     "VolumeEstimationHandler",

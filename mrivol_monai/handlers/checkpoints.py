@@ -39,6 +39,7 @@ __all__ = [
     "BEST_FILE",
     "ResumeLoader",
     "TrainingRunState",
+    "check_epochs",
     "check_training_run",
     "as_flag",
     "ensure_writable_dir",
@@ -284,11 +285,16 @@ def _describe(ckpt_dir: Path) -> str:
     return "; ".join(parts)
 
 
-def check_training_run(ckpt_dir: str | os.PathLike, output_dir: str | os.PathLike, resume: bool, epochs: Any) -> None:
-    """Checks before any data is cached: ``epochs`` >= 1, ``ckpt_dir`` and ``output_dir`` writable, and a
-    ``ckpt_dir`` that already holds a model is only used with ``resume`` (never silently replaced)."""
+def check_epochs(epochs: Any) -> int:
+    """``epochs`` if it is a whole number >= 1, else :class:`InputError` (train.json's ``initialize``)."""
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise InputError(None, f"epochs must be a whole number >= 1, got {epochs!r}; e.g. --epochs 30")
+    return epochs
+
+
+def check_training_run(ckpt_dir: str | os.PathLike, output_dir: str | os.PathLike, resume: Any) -> None:
+    """Checks before any data is cached: ``ckpt_dir`` and ``output_dir`` writable, and a ``ckpt_dir`` that
+    already holds a model is only used with ``resume`` (never silently replaced)."""
     resume = as_flag(resume, "resume")
     ckpt_dir = ensure_writable_dir(ckpt_dir, "ckpt_dir")
     ensure_writable_dir(output_dir, "output_dir")
