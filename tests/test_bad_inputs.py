@@ -195,3 +195,52 @@ def test_epochs_zero_or_negative_in_the_bundle_is_one_line(tmp_path, epochs):
     assert proc.returncode == 1
     assert _last_line(proc) == f"error: epochs must be a whole number >= 1, got {int(epochs)}; e.g. --epochs 30"
     assert "Traceback" not in proc.stderr and not (tmp_path / "data").exists()
+
+
+EVALUATE = str(REPO / "bundle" / "configs" / "evaluate.json")
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "other_task"])
+def test_evaluation_with_a_missing_empty_or_other_task_model_is_one_line(tiny_cohort, tmp_path, case):
+    data_dir, datalist = tiny_cohort
+    ckpt = tmp_path / "models" / "model.pt"
+    ckpt.parent.mkdir()
+    if case == "empty":
+        ckpt.write_bytes(b"")
+    elif case == "other_task":  # a subcortical (5-class) model under a brain config
+        torch.save({"model": UNet2d(1, 5, ed_blocks=2, width=4).state_dict()}, ckpt)
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file", json.dumps([TRAIN, EVALUATE]),
+         "--dataset_dir", str(data_dir), "--datalist", str(datalist), "--ckpt_dir", str(ckpt.parent),
+         "--eval_dir", str(tmp_path / "eval"), "--spatial_size", "[8,32,32]", "--network_def#ed_blocks", "2",
+         "--network_def#width", "4"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    expected = {"missing": "no trained model here: train first", "empty": "is empty (0 bytes",
+                "other_task": "does not fit this config's network (5 output classes in the file)"}[case]
+    assert _last_line(proc).startswith(f"error: {ckpt}: {expected}"), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("subject", ["../../escaped", "/tmp/absolute_subject", "..", "a/../../b"])
+def test_subject_ids_never_write_outside_the_evaluation_folder(tmp_path, subject):
+    from monai.data import MetaTensor
+
+    from mrivol_monai.handlers import VolumeEstimationHandler
+
+    out = tmp_path / "deep" / "eval"
+    labels = np.zeros((4, 8, 8), np.uint8)
+    labels[1:3, 2:6, 2:6] = 1
+    native = tmp_path / "native-brain.nii.gz"
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), native)
+    onehot = torch.nn.functional.one_hot(torch.as_tensor(labels).long(), 2).permute(3, 0, 1, 2).float()
+    label = MetaTensor(onehot, affine=torch.eye(4), meta={"filename_or_obj": str(native)})
+    handler = VolumeEstimationHandler(out, ["background", "brain"], plots=False, save_masks=True)
+    before = set(tmp_path.rglob("*"))
+    handler.add_subject(MetaTensor(onehot.clone(), affine=torch.eye(4)), label, subject=subject)
+    written = set(tmp_path.rglob("*")) - before
+    masks = sorted(p for p in written if p.name.endswith(".nii.gz"))
+    assert len(masks) == 2 and all(p.parent == out / "masks" for p in masks), masks
+    assert all(p.is_relative_to(out) for p in written if p.is_file())
+    assert not Path("/tmp/absolute_subject_pred.nii.gz").exists()
+    rows = (out / "volumes.csv").read_text().splitlines()
+    assert rows[1].startswith(subject + ",")  # the csv keeps the id as given

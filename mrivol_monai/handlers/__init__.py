@@ -7,6 +7,7 @@ from mrivol_monai.handlers.checkpoints import (
     ResumeLoader,
     TrainingRunState,
     check_epochs,
+    check_model_checkpoint,
     check_training_run,
     latest_checkpoint,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "ResumeLoader",
     "TrainingRunState",
     "check_epochs",
+    "check_model_checkpoint",
     "check_training_run",
     "latest_checkpoint",
     "VolumeEstimationHandler",

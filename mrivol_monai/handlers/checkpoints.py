@@ -40,6 +40,7 @@ __all__ = [
     "ResumeLoader",
     "TrainingRunState",
     "check_epochs",
+    "check_model_checkpoint",
     "check_training_run",
     "as_flag",
     "ensure_writable_dir",
@@ -246,6 +247,36 @@ class TrainingRunState:
             logger.info("the run had already finished (early stop at epoch %d): nothing to resume",
                         self.trainer.state.epoch)
             self.trainer.terminate()
+
+
+def check_model_checkpoint(path: str | os.PathLike, network: torch.nn.Module, setting: str = "ckpt_dir") -> Path:
+    """Before evaluation or inference loads ``path`` (MONAI's ``CheckpointLoader`` would give a traceback): it
+    exists, is not empty, loads with ``weights_only=True`` and fits ``network`` (same task and classes).
+    :class:`InputError` naming the file and the fix otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, f"no trained model here: train first (python -m monai.bundle run training ...) or "
+                               f"point --{setting} at the folder that holds {path.name}")
+    if path.stat().st_size == 0:
+        raise InputError(path, "is empty (0 bytes: its save was interrupted); retrain, or use another --" + setting)
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and torch errors all mean "not a checkpoint we can read safely"
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+        raise InputError(path, f"not a loadable torch checkpoint ({type(err).__name__}{': ' + first[:120] if first else ''})"
+                               "; retrain, or use another --" + setting) from err
+    state = saved.get("model", saved) if isinstance(saved, dict) else None
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(path, "holds no network weights (expected a state dict or {'model': state dict})")
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        heads = [v for v in state.values() if v.ndim >= 4]
+        classes = f"{int(heads[-1].shape[0])} output classes" if heads else "other layers"
+        raise InputError(path, f"does not fit this config's network ({classes} in the file): trained for another "
+                               "task or network? evaluate with the configs it was trained with (e.g. add "
+                               "bundle/configs/subcortical.json), or use another --" + setting) from err
+    return path
 
 
 # ---- resume ----------------------------------------------------------------------------------------------------
