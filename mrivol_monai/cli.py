@@ -1,6 +1,6 @@
 """``mrivol``: segment new scans and report volumes, export models, package trained weights.
 
-    mrivol predict INPUT... --out DIR [--task brain|subcortical] [--model PATH] [--backend torch|onnx] [--trust-bundle]
+    mrivol predict INPUT... --out DIR [--task brain|subcortical] [--model PATH] [--backend torch|onnx] [--trust-bundle] [--series ID]
     mrivol export --format torchscript|onnx --out FILE [--task T] [--model PATH] [--trust-bundle]
     mrivol export-weights --task T --checkpoint bundle/models/model.pt [--config bundle/configs/train.json]
 
@@ -45,6 +45,9 @@ def parser() -> argparse.ArgumentParser:
                       help="checkpoint (.pt), bundle folder, or .onnx file (default: the shipped model of --task)")
     pred.add_argument("--backend", choices=BACKENDS, default="torch")
     pred.add_argument("--trust-bundle", action="store_true", help=TRUST_HELP)
+    pred.add_argument("--series", default=None, metavar="ID",
+                      help="for DICOM folders holding several series: the one to measure (its SeriesInstanceUID "
+                           "or the start of it; without it such a folder is refused with the list of its series)")
     pred.add_argument("--no-qc", action="store_true", help="skip the QC PNGs")
     pred.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -71,7 +74,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     itk.ProcessObject.SetGlobalWarningDisplay(False)  # unreadable DICOM gets our one-line error instead
     result = predict(args.inputs, args.out, task=args.task, model=args.model, backend=args.backend,
-                     qc=not args.no_qc, progress=not args.quiet, trust_bundle=args.trust_bundle)
+                     qc=not args.no_qc, progress=not args.quiet, trust_bundle=args.trust_bundle, series=args.series)
     print(summary_line(result))
     return 1 if result.failed else 0
 

@@ -26,7 +26,7 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import MetaTensor
+from monai.data import ITKReader, MetaTensor
 from monai.inferers import SliceInferer
 from monai.transforms import (
     Compose,
@@ -61,6 +61,7 @@ __all__ = [
     "find_scans",
     "channel_argmax",
     "check_field_of_view",
+    "dicom_series",
     "preprocessing",
     "predict",
     "save_mask",
@@ -129,6 +130,31 @@ def find_scans(inputs: Sequence[str | os.PathLike] | str | os.PathLike) -> list[
         seen[base] = seen.get(base, 0) + 1
         scans.append({"image": str(path), "scan": base if seen[base] == 1 else f"{base}-{seen[base]}"})
     return scans
+
+
+def dicom_series(folder: str | os.PathLike) -> list[tuple[str, str, int]]:
+    """``(series id, description, number of files)`` of each DICOM series in ``folder``, ids as MONAI's
+    ``ITKReader`` names them (its ``series_name``): SeriesInstanceUID plus ITK's series details."""
+    import itk
+
+    names = itk.GDCMSeriesFileNames.New()
+    names.SetUseSeriesDetails(True)  # the settings of MONAI's ITKReader, so the ids are the ones it takes
+    names.AddSeriesRestriction("0008|0021")
+    names.SetDirectory(str(folder))
+    found = []
+    for uid in names.GetSeriesUIDs():
+        files = names.GetFileNames(uid)
+        description = ""
+        try:
+            io = itk.GDCMImageIO.New()
+            io.SetFileName(files[0])
+            io.ReadImageInformation()
+            meta = io.GetMetaDataDictionary()
+            description = str(meta["0008|103e"]).strip() if meta.HasKey("0008|103e") else ""
+        except Exception:  # a description is only a help for choosing; the id is what counts
+            pass
+        found.append((str(uid), description, len(files)))
+    return found
 
 
 def check_field_of_view(shape: Sequence[int], affine: np.ndarray, path: str | os.PathLike) -> None:
@@ -213,13 +239,13 @@ class Predictor:
     A torch network is run as an eval-mode copy with its BatchNorms folded into the convolutions."""
 
     def __init__(self, network: Callable[[torch.Tensor], torch.Tensor], spec: ModelSpec, backend: str = "torch",
-                 slices_per_call: int | None = SLICES_PER_CALL) -> None:
+                 slices_per_call: int | None = SLICES_PER_CALL, series: str | None = None) -> None:
         if isinstance(network, SliceSegmenter):
             # NHWC convolutions: ~1.4x faster for these 2D nets on CPU (oneDNN), same numbers
             network = fold_batch_norm(network).to(memory_format=torch.channels_last)
         if slices_per_call is not None and slices_per_call < 1:
             raise ValueError(f"slices_per_call must be >= 1 or None (all slices), got {slices_per_call}")
-        self.network, self.spec, self.backend = network, spec, backend
+        self.network, self.spec, self.backend, self.series = network, spec, backend, series
         self.dicom_loader = LoadImaged("image", reader="ITKReader", ensure_channel_first=True, image_only=True)
         d, h, w = spec.spatial_size
         self.inferer = SliceInferer(roi_size=(h, w), spatial_dim=0, sw_batch_size=min(d, slices_per_call or d),
@@ -228,10 +254,11 @@ class Predictor:
     @classmethod
     def from_model(cls, model: str | os.PathLike | None = None, task: str | None = None, backend: str = "torch",
                    threads: int | None = None, slices_per_call: int | None = SLICES_PER_CALL,
-                   trust_bundle: bool = False) -> "Predictor":
+                   trust_bundle: bool = False, series: str | None = None) -> "Predictor":
         """Load ``model`` (checkpoint, bundle folder, ``.onnx`` file, or None = shipped default of ``task``)
         for ``backend`` (``torch`` or ``onnx``; a torch checkpoint is converted to ONNX in memory).
-        ``trust_bundle``: allow running a bundle's ``$`` config code to describe its checkpoint (a bundle is code)."""
+        ``trust_bundle``: allow running a bundle's ``$`` config code to describe its checkpoint (a bundle is code).
+        ``series``: which series to read from DICOM folders that hold several (see :meth:`read`)."""
         from mrivol_monai.weights import load_model
 
         if backend not in BACKENDS:
@@ -242,14 +269,14 @@ class Predictor:
             if backend != "onnx":
                 raise InputError(model, "an .onnx model needs --backend onnx")
             session, spec = load_onnx(model, task, threads)
-            return cls(session, spec, backend, slices_per_call)
+            return cls(session, spec, backend, slices_per_call, series)
         net, spec = load_model(model, task, trust_bundle=trust_bundle)
         if backend == "onnx":
             from mrivol_monai.export import OnnxSegmenter, onnx_from_network
 
             return cls(OnnxSegmenter(onnx_from_network(net, spec).SerializeToString(), threads), spec, backend,
-                       slices_per_call)
-        return cls(net, spec, backend, slices_per_call)
+                       slices_per_call, series)
+        return cls(net, spec, backend, slices_per_call, series)
 
     def read(self, path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         """Read a NIfTI file or DICOM series folder -> ((X, Y, Z) voxels as stored, (4, 4) voxel -> RAS affine).
@@ -266,14 +293,33 @@ class Predictor:
             if nifti:
                 image, affine = read_nifti(path)
             else:
-                loaded = self.dicom_loader({"image": str(path)})["image"]
+                loaded = self._dicom_loader(path)({"image": str(path)})["image"]
                 image, affine = loaded.numpy()[0], np.asarray(loaded.affine, dtype=np.float64)
+        except InputError:
+            raise
         except Exception as err:  # reader libraries raise many types; all mean the same thing here
             first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
             raise InputError(path, f"cannot read as a {what} ({first.strip()[:160]})") from err
         if image.ndim == 4 and image.shape[3] == 1:
             image = image[..., 0]
         return image, affine
+
+    def _dicom_loader(self, path: Path) -> LoadImaged:
+        """MONAI's loader for the DICOM folder ``path``; for a folder of several series, the chosen one."""
+        if not path.is_dir():
+            return self.dicom_loader
+        series = dicom_series(path)
+        if len(series) <= 1:
+            return self.dicom_loader
+        listed = "; ".join(f"{uid} ({desc or 'no description'}, {n} files)" for uid, desc, n in series)
+        if not self.series:
+            raise InputError(path, f"holds {len(series)} DICOM series, so it is not clear which to measure: {listed}; "
+                                   "choose one with --series ID (or give each series its own folder)")
+        chosen = [uid for uid, _, _ in series if uid == self.series] or \
+            [uid for uid, _, _ in series if uid.startswith(self.series)]
+        if len(chosen) != 1:
+            raise InputError(path, f"--series {self.series} matches {len(chosen)} of its series: {listed}")
+        return LoadImaged("image", reader=ITKReader(series_name=chosen[0]), ensure_channel_first=True, image_only=True)
 
     def model_input(self, path: str | os.PathLike) -> tuple[torch.Tensor, GridMap, np.ndarray, np.ndarray]:
         """Read and preprocess one scan -> ((1, D, H, W) float32 model input, its GridMap, stored voxels, affine)."""
@@ -413,7 +459,8 @@ class PredictReport:
 def predict(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, task: str | None = None,
             model: str | os.PathLike | None = None, backend: str = "torch", qc: bool = True,
             progress: bool = True, predictor: Predictor | None = None,
-            report: Callable[[str], None] | None = None, trust_bundle: bool = False) -> PredictReport:
+            report: Callable[[str], None] | None = None, trust_bundle: bool = False,
+            series: str | None = None) -> PredictReport:
     """Segment every scan of ``inputs`` (see :func:`find_scans`) into ``out``.
 
     Writes ``<scan>_seg.nii.gz``, ``<scan>_qc.png`` (unless ``qc`` is False) and a row in ``volumes.csv`` per
@@ -422,7 +469,7 @@ def predict(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, task: s
     """
     say = report or (lambda msg: tqdm.write(msg, file=sys.stderr))
     out = Path(out)
-    predictor = predictor or Predictor.from_model(model, task, backend, trust_bundle=trust_bundle)
+    predictor = predictor or Predictor.from_model(model, task, backend, trust_bundle=trust_bundle, series=series)
     columns = volume_columns(predictor.spec.class_names)
     result = PredictReport(csv_path=out / VOLUMES_CSV, task=predictor.spec.task, backend=predictor.backend)
     _check_out_dir(out, result.csv_path, columns)

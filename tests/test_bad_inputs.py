@@ -244,3 +244,47 @@ def test_subject_ids_never_write_outside_the_evaluation_folder(tmp_path, subject
     assert not Path("/tmp/absolute_subject_pred.nii.gz").exists()
     rows = (out / "volumes.csv").read_text().splitlines()
     assert rows[1].startswith(subject + ",")  # the csv keeps the id as given
+
+
+def _write_series(folder: Path, prefix: str, volume_zyx: np.ndarray, description: str) -> None:
+    import itk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    image = itk.image_from_array(np.ascontiguousarray(volume_zyx.astype(np.int16)))
+    image.SetSpacing([1.0, 1.5, 2.0])
+    names = itk.NumericSeriesFileNames.New()
+    names.SetSeriesFormat(str(folder / f"{prefix}%04d.dcm"))
+    names.SetStartIndex(1)
+    names.SetEndIndex(volume_zyx.shape[0])
+    names.SetIncrementIndex(1)
+    writer = itk.ImageSeriesWriter[itk.Image[itk.SS, 3], itk.Image[itk.SS, 2]].New()
+    writer.SetInput(image)
+    io = itk.GDCMImageIO.New()
+    io.GetMetaDataDictionary()["0008|103e"] = description  # a new SeriesInstanceUID per write
+    writer.SetImageIO(io)
+    writer.SetFileNames(names.GetFileNames())
+    writer.Update()
+
+
+def test_dicom_folder_with_two_series_lists_them_or_takes_series(tmp_path, capsys):
+    import csv
+
+    from mrivol_monai.predict import dicom_series
+
+    folder = tmp_path / "patient"
+    _write_series(folder, "A", head((20, 30, 30)), "T1 MPRAGE")
+    _write_series(folder, "B", head((18, 30, 30)), "T2 FLAIR")
+    series = {desc: uid for uid, desc, _ in dicom_series(folder)}
+    assert sorted(series) == ["T1 MPRAGE", "T2 FLAIR"]
+    model = str(tiny_checkpoint(tmp_path / "m.pt"))
+    assert main(["predict", str(folder), "--out", str(tmp_path / "o1"), "--model", model, "--quiet", "--no-qc"]) == 1
+    err = capsys.readouterr().err
+    line = [x for x in err.splitlines() if x.startswith("error:")]
+    assert len(line) == 1 and line[0].startswith(f"error: {folder}: holds 2 DICOM series")
+    assert all(uid in line[0] for uid in series.values()) and "T1 MPRAGE" in line[0] and "--series" in line[0]
+    assert not (tmp_path / "o1" / "volumes.csv").exists()
+    uid = series["T1 MPRAGE"][:40]  # a unique start of the id is enough
+    assert main(["predict", str(folder), "--out", str(tmp_path / "o2"), "--model", model, "--quiet", "--no-qc",
+                 "--series", uid]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "o2" / "volumes.csv")))
+    assert len(rows) == 1 and nib.load(rows[0]["mask"]).shape[2] == 20  # the T1's 20 slices, not the FLAIR's 18
