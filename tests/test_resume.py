@@ -154,6 +154,11 @@ def test_killed_run_resumed_ends_as_the_uninterrupted_run(tiny_cohort, tmp_path)
     best_b = torch.load(tmp_path / "whole" / "models" / "model.pt", weights_only=True)
     assert all(torch.allclose(best_a[k], best_b[k], atol=1e-6) for k in best_b)
 
+    files = {p.name: _digest(p) for p in ckpt.glob("*.pt")}
+    finished = _train(tiny_cohort, ckpt, logs, "--resume", "true")  # resuming a run that stopped early
+    assert finished.returncode == 0 and "nothing to resume" in finished.stdout + finished.stderr
+    assert {p.name: _digest(p) for p in ckpt.glob("*.pt")} == files
+
 
 def test_resume_with_nothing_to_resume_says_so(tmp_path):
     with pytest.raises(InputError, match="no latest_.*checkpoint to resume from"):
@@ -164,6 +169,18 @@ def test_resume_with_nothing_to_resume_says_so(tmp_path):
 def test_epochs_below_one_is_one_line(epochs):
     with pytest.raises(InputError, match=r"epochs must be a whole number >= 1, got .*--epochs"):
         check_epochs(epochs)
+
+
+@pytest.mark.parametrize("setting", ["ckpt_dir", "output_dir"])
+def test_unwritable_folder_in_the_bundle_run_is_one_line(tiny_cohort, tmp_path, setting):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    folders = {"ckpt_dir": tmp_path / "m", "output_dir": tmp_path / "l", setting: blocker / "sub"}
+    proc = _train(tiny_cohort, folders["ckpt_dir"], folders["output_dir"])
+    assert proc.returncode == 1
+    assert _last_line(proc) == (f"error: {blocker / 'sub'}: {setting} is not writable (Not a directory); choose another "
+                                f"with --{setting} DIR")
+    assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize("setting", ["ckpt_dir", "output_dir"])
