@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "write_atomic"]
+__all__ = ["atomic_path", "plain_name", "write_atomic"]
 
 
 def _usual_mode() -> int:
@@ -47,3 +47,15 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
         handle.flush()
         os.fsync(handle.fileno())
     return path
+
+
+def plain_name(name: str) -> str:
+    """``name`` made a plain file name for use inside an output folder: path separators and NUL become ``_``,
+    leading dots are dropped (no ``..``, no hidden files), an empty result becomes ``_``. Ids from manifests
+    (``../../x``, ``/etc/x``) must never choose where a file is written."""
+    out = str(name).replace("\0", "_").replace("/", "_")
+    if os.sep != "/":
+        out = out.replace(os.sep, "_")
+    if os.altsep:
+        out = out.replace(os.altsep, "_")
+    return out.lstrip(". ") or "_"

@@ -1,12 +1,17 @@
 """``mrivol``: segment new scans and report volumes, export models, package trained weights.
 
-    mrivol predict INPUT... --out DIR [--task brain|subcortical] [--model PATH] [--backend torch|onnx] [--threads N]
-    mrivol export --format torchscript|onnx --out FILE [--task T] [--model PATH]
-    mrivol export-weights --task T --checkpoint bundle/models/model.pt [--config bundle/configs/train.json]
+    mrivol predict INPUT... --out DIR [--task brain|subcortical] [--model PATH] [--fine-model PATH]
+                   [--backend torch|onnx] [--threads N] [--trust-bundle] [--series ID]
+    mrivol export --format torchscript|onnx --out FILE [--task T] [--model PATH] [--trust-bundle]
+    mrivol export-weights --task T --checkpoint bundle/models/model.pt [--config bundle/configs/train.json ...]
 
 ``predict`` first says on stderr which model it uses (file, task, network, how it was trained) and how many
-threads. Bad input prints ``error: <file>: <problem>`` on stderr (no traceback); the exit status is 1 if any
-scan failed, 2 if nothing could run (bad model, output folder, options).
+threads. Checkpoints are read with ``torch.load(weights_only=True)``. A bundle folder given as ``--model`` is
+described by the literal values of its ``configs/train.json``; a bundle is code, and its ``$`` expressions run
+only with ``--trust-bundle``.
+
+Bad input prints ``error: <file>: <problem>`` on stderr (no traceback); the exit status is 1 if any scan
+failed, 2 if nothing could run (bad model, output folder, options).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ __all__ = ["main", "parser"]
 
 TASKS = ("brain", "subcortical")
 EXPORT_TASKS = TASKS + ("subcortical_fine",)  # the stage-2 model is exported and shipped on its own
+TRUST_HELP = ("a bundle is code: let --model BUNDLE_DIR run the $ expressions of its configs when they are needed "
+              "to describe the network (only for bundles you trust)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -46,6 +53,10 @@ def parser() -> argparse.ArgumentParser:
     pred.add_argument("--threads", type=int, default=None,
                       help="torch/onnx threads (default: OMP_NUM_THREADS if set, else the cores the load average "
                            "leaves idle, at least 1)")
+    pred.add_argument("--trust-bundle", action="store_true", help=TRUST_HELP)
+    pred.add_argument("--series", default=None, metavar="ID",
+                      help="for DICOM folders holding several series: the one to measure (its SeriesInstanceUID "
+                           "or the start of it; without it such a folder is refused with the list of its series)")
     pred.add_argument("--no-qc", action="store_true", help="skip the QC PNGs")
     pred.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -54,6 +65,7 @@ def parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", required=True, help="output file (.ts / .onnx)")
     exp.add_argument("--task", choices=EXPORT_TASKS, default=None)
     exp.add_argument("--model", default=None, help="checkpoint or bundle folder (default: the shipped model)")
+    exp.add_argument("--trust-bundle", action="store_true", help=TRUST_HELP)
 
     wts = sub.add_parser("export-weights", help="make a trained bundle checkpoint the shipped default of a task")
     wts.add_argument("--task", choices=EXPORT_TASKS, required=True)
@@ -76,7 +88,8 @@ def _predict(args: argparse.Namespace) -> int:
     itk.ProcessObject.SetGlobalWarningDisplay(False)  # unreadable DICOM gets our one-line error instead
     threads, why = default_threads(args.threads)
     torch.set_num_threads(threads)
-    predictor = predictor_for(args.model, args.task, args.backend, args.fine_model, threads=threads)
+    predictor = predictor_for(args.model, args.task, args.backend, args.fine_model, threads=threads,
+                              trust_bundle=args.trust_bundle, series=args.series)
     result = predict(args.inputs, args.out, predictor=predictor, qc=not args.no_qc, progress=not args.quiet,
                      header=[*(predictor.model_lines() if hasattr(predictor, "model_lines") else [model_line(predictor)]),
                              f"threads: {threads} ({why})"])
@@ -88,7 +101,7 @@ def _export(args: argparse.Namespace) -> int:
     from mrivol_monai.export import export_model
     from mrivol_monai.weights import load_model
 
-    net, spec = load_model(args.model, args.task)
+    net, spec = load_model(args.model, args.task, trust_bundle=args.trust_bundle)
     path = export_model(net, spec, args.format, args.out)
     print(f"wrote {args.format} {spec.task} model ({spec.num_classes} classes) to {path}")
     return 0

@@ -29,7 +29,7 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import MetaTensor
+from monai.data import ITKReader, MetaTensor
 from monai.inferers import SliceInferer
 from monai.transforms import (
     Compose,
@@ -69,6 +69,8 @@ __all__ = [
     "label_file_reason",
     "model_line",
     "channel_argmax",
+    "check_field_of_view",
+    "dicom_series",
     "preprocessing",
     "predict",
     "save_mask",
@@ -87,6 +89,8 @@ MASK_SUFFIX = "_seg.nii.gz"
 QC_SUFFIX = "_qc.png"
 VOLUMES_CSV = "volumes.csv"
 LABELS_JSON = "labels.json"
+MIN_HEAD_VOXELS = 16  # per axis: fewer cannot show a head (an 8x8x8 volume, a single slab)
+MIN_HEAD_MM = 20.0  # per axis, field of view in mm
 SLICES_PER_CALL = 10  # peak RSS vs speed on an IXI-size scan: see benchmarks/inference_speed.py --slices-per-call
 
 
@@ -193,6 +197,44 @@ def skipped_line(skipped: Sequence[tuple[str, str]], shown: int = 3) -> str:
     return f"skipped {len(skipped)} label/mask files in the input folders: " + "; ".join(parts)
 
 
+def dicom_series(folder: str | os.PathLike) -> list[tuple[str, str, int]]:
+    """``(series id, description, number of files)`` of each DICOM series in ``folder``, ids as MONAI's
+    ``ITKReader`` names them (its ``series_name``): SeriesInstanceUID plus ITK's series details."""
+    import itk
+
+    names = itk.GDCMSeriesFileNames.New()
+    names.SetUseSeriesDetails(True)  # the settings of MONAI's ITKReader, so the ids are the ones it takes
+    names.AddSeriesRestriction("0008|0021")
+    names.SetDirectory(str(folder))
+    found = []
+    for uid in names.GetSeriesUIDs():
+        files = names.GetFileNames(uid)
+        description = ""
+        try:
+            io = itk.GDCMImageIO.New()
+            io.SetFileName(files[0])
+            io.ReadImageInformation()
+            meta = io.GetMetaDataDictionary()
+            description = str(meta["0008|103e"]).strip() if meta.HasKey("0008|103e") else ""
+        except Exception:  # a description is only a help for choosing; the id is what counts
+            pass
+        found.append((str(uid), description, len(files)))
+    return found
+
+
+def check_field_of_view(shape: Sequence[int], affine: np.ndarray, path: str | os.PathLike) -> None:
+    """:class:`InputError` unless every axis of the (X, Y, Z) ``shape`` has at least ``MIN_HEAD_VOXELS`` voxels
+    and ``MIN_HEAD_MM`` mm: a smaller image cannot hold a head, and segmenting it gives 0 mL with no error."""
+    if len(shape) != 3:
+        return  # model_input reports the dimensionality
+    sizes = np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
+    extent = [n * z for n, z in zip(shape, sizes)]
+    if min(shape) < MIN_HEAD_VOXELS or min(extent) < MIN_HEAD_MM:
+        raise InputError(path, f"image of {'x'.join(map(str, shape))} voxels ({' x '.join(f'{e:.0f}' for e in extent)} mm) "
+                               f"is too small to hold a head (at least {MIN_HEAD_VOXELS} voxels and {MIN_HEAD_MM:.0f} mm "
+                               "along each axis); is this the whole-head T1?")
+
+
 def preprocessing(spatial_size: Sequence[int], depth_axis: str = "axial") -> Compose:
     """The image-only part of ``train.json``'s preprocessing, on a loaded ``{"image": (1, X, Y, Z)}``:
     checks -> depth-first orientation -> head crop -> resize to ``spatial_size`` (D, H, W) -> head z-score.
@@ -262,13 +304,13 @@ class Predictor:
     A torch network is run as an eval-mode copy with its BatchNorms folded into the convolutions."""
 
     def __init__(self, network: Callable[[torch.Tensor], torch.Tensor], spec: ModelSpec, backend: str = "torch",
-                 slices_per_call: int | None = SLICES_PER_CALL) -> None:
+                 slices_per_call: int | None = SLICES_PER_CALL, series: str | None = None) -> None:
         if isinstance(network, SliceSegmenter):
             # NHWC convolutions: ~1.4x faster for these 2D nets on CPU (oneDNN), same numbers
             network = fold_batch_norm(network).to(memory_format=torch.channels_last)
         if slices_per_call is not None and slices_per_call < 1:
             raise ValueError(f"slices_per_call must be >= 1 or None (all slices), got {slices_per_call}")
-        self.network, self.spec, self.backend = network, spec, backend
+        self.network, self.spec, self.backend, self.series = network, spec, backend, series
         self.source: str = "<in memory>"  # where the model was loaded from (set by from_model)
         self.shipped = False  # the shipped default of its task
         self.dicom_loader = LoadImaged("image", reader="ITKReader", ensure_channel_first=True, image_only=True)
@@ -278,9 +320,12 @@ class Predictor:
 
     @classmethod
     def from_model(cls, model: str | os.PathLike | None = None, task: str | None = None, backend: str = "torch",
-                   threads: int | None = None, slices_per_call: int | None = SLICES_PER_CALL) -> "Predictor":
+                   threads: int | None = None, slices_per_call: int | None = SLICES_PER_CALL,
+                   trust_bundle: bool = False, series: str | None = None) -> "Predictor":
         """Load ``model`` (checkpoint, bundle folder, ``.onnx`` file, or None = shipped default of ``task``)
-        for ``backend`` (``torch`` or ``onnx``; a torch checkpoint is converted to ONNX in memory)."""
+        for ``backend`` (``torch`` or ``onnx``; a torch checkpoint is converted to ONNX in memory).
+        ``trust_bundle``: allow running a bundle's ``$`` config code to describe its checkpoint (a bundle is code).
+        ``series``: which series to read from DICOM folders that hold several (see :meth:`read`)."""
         from mrivol_monai.weights import checkpoint_path, load_model
 
         if backend not in BACKENDS:
@@ -291,17 +336,17 @@ class Predictor:
             if backend != "onnx":
                 raise InputError(model, "an .onnx model needs --backend onnx")
             session, spec = load_onnx(model, task, threads)
-            predictor = cls(session, spec, backend, slices_per_call)
+            predictor = cls(session, spec, backend, slices_per_call, series)
             predictor.source = str(model)
             return predictor
-        net, spec = load_model(model, task)
+        net, spec = load_model(model, task, trust_bundle=trust_bundle)
         if backend == "onnx":
             from mrivol_monai.export import OnnxSegmenter, onnx_from_network
 
             predictor = cls(OnnxSegmenter(onnx_from_network(net, spec).SerializeToString(), threads), spec, backend,
-                            slices_per_call)
+                            slices_per_call, series)
         else:
-            predictor = cls(net, spec, backend, slices_per_call)
+            predictor = cls(net, spec, backend, slices_per_call, series)
         predictor.source, predictor.shipped = str(checkpoint_path(model, task)), model is None
         return predictor
 
@@ -320,8 +365,10 @@ class Predictor:
             if nifti:
                 image, affine = read_nifti(path)
             else:
-                loaded = self.dicom_loader({"image": str(path)})["image"]
+                loaded = self._dicom_loader(path)({"image": str(path)})["image"]
                 image, affine = loaded.numpy()[0], np.asarray(loaded.affine, dtype=np.float64)
+        except InputError:
+            raise
         except Exception as err:  # reader libraries raise many types; all mean the same thing here
             first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
             raise InputError(path, f"cannot read as a {what} ({first.strip()[:160]})") from err
@@ -329,9 +376,27 @@ class Predictor:
             image = image[..., 0]
         return image, affine
 
+    def _dicom_loader(self, path: Path) -> LoadImaged:
+        """MONAI's loader for the DICOM folder ``path``; for a folder of several series, the chosen one."""
+        if not path.is_dir():
+            return self.dicom_loader
+        series = dicom_series(path)
+        if len(series) <= 1:
+            return self.dicom_loader
+        listed = "; ".join(f"{uid} ({desc or 'no description'}, {n} files)" for uid, desc, n in series)
+        if not self.series:
+            raise InputError(path, f"holds {len(series)} DICOM series, so it is not clear which to measure: {listed}; "
+                                   "choose one with --series ID (or give each series its own folder)")
+        chosen = [uid for uid, _, _ in series if uid == self.series] or \
+            [uid for uid, _, _ in series if uid.startswith(self.series)]
+        if len(chosen) != 1:
+            raise InputError(path, f"--series {self.series} matches {len(chosen)} of its series: {listed}")
+        return LoadImaged("image", reader=ITKReader(series_name=chosen[0]), ensure_channel_first=True, image_only=True)
+
     def model_input(self, path: str | os.PathLike) -> tuple[torch.Tensor, GridMap, np.ndarray, np.ndarray]:
         """Read and preprocess one scan -> ((1, D, H, W) float32 model input, its GridMap, stored voxels, affine)."""
         image, affine = self.read(path)
+        check_field_of_view(image.shape, affine, path)
         try:
             x, grid = model_input(image, affine, self.spec.spatial_size, self.spec.depth_axis)
         except InputError as err:
@@ -479,7 +544,8 @@ def predict(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, task: s
             model: str | os.PathLike | None = None, backend: str = "torch", qc: bool = True,
             progress: bool = True, predictor: Predictor | None = None,
             report: Callable[[str], None] | None = None, header: Sequence[str] = (),
-            fine_model: str | os.PathLike | None = None) -> PredictReport:
+            fine_model: str | os.PathLike | None = None, trust_bundle: bool = False,
+            series: str | None = None) -> PredictReport:
     """Segment every scan of ``inputs`` (see :func:`find_scans`) into ``out``.
 
     Writes ``<scan>_seg.nii.gz``, ``<scan>_qc.png`` (unless ``qc`` is False) and a row in ``volumes.csv`` per
@@ -494,7 +560,7 @@ def predict(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, task: s
     if predictor is None:
         from mrivol_monai.two_stage import predictor_for
 
-        predictor = predictor_for(model, task, backend, fine_model)
+        predictor = predictor_for(model, task, backend, fine_model, trust_bundle=trust_bundle, series=series)
     columns = volume_columns(getattr(predictor, "volume_names", predictor.spec.class_names))
     result = PredictReport(csv_path=out / VOLUMES_CSV, task=predictor.spec.task, backend=predictor.backend)
     _check_out_dir(out, result.csv_path, columns)

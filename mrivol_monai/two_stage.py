@@ -133,14 +133,16 @@ class TwoStagePredictor:
 
 
 def predictor_for(model: str | os.PathLike | None = None, task: str | None = None, backend: str = "torch",
-                  fine_model: str | os.PathLike | None = None, threads: int | None = None) -> Predictor | TwoStagePredictor:
+                  fine_model: str | os.PathLike | None = None, threads: int | None = None,
+                  trust_bundle: bool = False, series: str | None = None) -> Predictor | TwoStagePredictor:
     """The predictor ``mrivol predict`` uses: two stages for ``task`` subcortical when a stage-2 model is given
     (``fine_model``) or shipped and no other grid model was asked for; else the grid model alone."""
     from mrivol_monai.weights import default_checkpoint
 
+    options = {"threads": threads, "trust_bundle": trust_bundle, "series": series}
     if task == "subcortical" and (fine_model is not None or (model is None and default_checkpoint(FINE_TASK).is_file())):
-        return TwoStagePredictor(Predictor.from_model(model, "subcortical", backend, threads=threads),
+        return TwoStagePredictor(Predictor.from_model(model, "subcortical", backend, **options),
                                  FineSegmenter.from_model(fine_model))
     if task == FINE_TASK:
         raise InputError(None, "the stage-2 model segments a box found by stage 1: use --task subcortical")
-    return Predictor.from_model(model, task, backend, threads=threads)
+    return Predictor.from_model(model, task, backend, **options)

@@ -191,8 +191,15 @@ def _open_volume(path: str | os.PathLike, read_data: bool) -> tuple[nib.spatiali
 
 
 def check_pair(entry: Mapping[str, str], task: str, read_data: bool) -> None:
-    """Image and label open, are 3D, share shape and grid; label values are task ids."""
-    image, _ = _open_volume(entry["image"], read_data)
+    """Image and label open, are 3D, share shape and grid; the image has a usable affine and (``read_data``)
+    only finite voxels as stored in the file; label values are task ids."""
+    from mrivol_monai.data.nifti_reader import checked_affine
+
+    image, image_data = _open_volume(entry["image"], read_data)
+    checked_affine(image, entry["image"])
+    if image_data is not None and not np.all(np.isfinite(image_data)):
+        # checked here, on what the file holds: the ITK reader of train.json turns NaN/inf into 0 on loading
+        raise InputError(entry["image"], "image contains NaN or infinite values")
     label, label_data = _open_volume(entry["label"], read_data)
     if image.shape[:3] != label.shape[:3]:
         raise InputError(entry["label"], f"label shape {tuple(label.shape[:3])} differs from image shape {tuple(image.shape[:3])} of {entry['image']}")

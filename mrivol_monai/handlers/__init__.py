@@ -1,5 +1,16 @@
-"""mrivol_monai.handlers: ignite handlers for the bundle's workflows (volume estimation, extra TensorBoard logs)."""
+"""mrivol_monai.handlers: ignite handlers for the bundle's workflows (volume estimation, crash-safe checkpoints and
+resume, extra TensorBoard logs)."""
 
+from mrivol_monai.handlers.checkpoints import (
+    AtomicCheckpointSaver,
+    AtomicDiskSaver,
+    ResumeLoader,
+    TrainingRunState,
+    check_epochs,
+    check_model_checkpoint,
+    check_training_run,
+    latest_checkpoint,
+)
 from mrivol_monai.handlers.volume_estimation import (
     VolumeEstimationHandler,
     error_stats,
@@ -10,6 +21,14 @@ from mrivol_monai.handlers.volume_estimation import (
 )
 
 __all__ = [
+    "AtomicCheckpointSaver",
+    "AtomicDiskSaver",
+    "ResumeLoader",
+    "TrainingRunState",
+    "check_epochs",
+    "check_model_checkpoint",
+    "check_training_run",
+    "latest_checkpoint",
     "VolumeEstimationHandler",
     "error_stats",
     "read_volumes_csv",

@@ -43,7 +43,7 @@ from monai.data import MetaTensor, decollate_batch
 from monai.data.utils import orientation_ras_lps
 from monai.metrics import compute_dice
 
-from mrivol_monai.atomic_io import atomic_path, write_atomic
+from mrivol_monai.atomic_io import atomic_path, plain_name, write_atomic
 from mrivol_monai.data.synthetic import label_volumes_ml
 from mrivol_monai.errors import InputError
 
@@ -269,7 +269,8 @@ class VolumeEstimationHandler:
         summary_writer: a ``SummaryWriter`` or None.
         plots: draw Bland-Altman, predicted-vs-true and example-segmentation PNGs at the end.
         examples: how many subjects the example figure shows (the first ones seen).
-        save_masks: also write each subject's predicted and true grid masks as ``masks/<subject>_{pred,label}.nii.gz``.
+        save_masks: also write each subject's predicted and true grid masks as ``masks/<subject>_{pred,label}.nii.gz``
+            (the subject id made a plain file name: ``../x`` writes ``masks/x_pred.nii.gz``, never outside).
         global_epoch_transform: engine -> step for TensorBoard (e.g. the trainer's epoch).
     """
 
@@ -309,7 +310,7 @@ class VolumeEstimationHandler:
         if self.save_masks:
             ref = label if isinstance(label, MetaTensor) else pred
             for name, mask in (("pred", pred), ("label", label)):
-                out = self.output_dir / "masks" / f"{subject}_{name}.nii.gz"
+                out = self.output_dir / "masks" / f"{plain_name(str(subject))}_{name}.nii.gz"  # ids are not paths
                 out.parent.mkdir(parents=True, exist_ok=True)
                 _save_mask(mask, ref, out)
         if image is not None and len(self.examples) < self.n_examples:

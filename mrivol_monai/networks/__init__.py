@@ -6,7 +6,7 @@ divisible by ``2 ** (ed_blocks - 1)``.
 
 from mrivol_monai.networks.blocks import SliceSegmenter, count_parameters, fold_batch_norm
 from mrivol_monai.networks.fcn import FCN2d
-from mrivol_monai.networks.registry import NETWORKS, PAPER_DEFAULTS, build, unet3d
+from mrivol_monai.networks.registry import NETWORKS, PAPER_DEFAULTS, build, check_target, unet3d
 from mrivol_monai.networks.segnet import SegNet2d
 from mrivol_monai.networks.unet import UNet2d
 
@@ -18,6 +18,7 @@ __all__ = [
     "SliceSegmenter",
     "UNet2d",
     "build",
+    "check_target",
     "count_parameters",
     "fold_batch_norm",
     "unet3d",

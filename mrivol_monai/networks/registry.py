@@ -20,7 +20,7 @@ from mrivol_monai.networks.fcn import FCN2d
 from mrivol_monai.networks.segnet import SegNet2d
 from mrivol_monai.networks.unet import UNet2d
 
-__all__ = ["NETWORKS", "PAPER_DEFAULTS", "build", "unet3d"]
+__all__ = ["NETWORKS", "PAPER_DEFAULTS", "build", "check_target", "unet3d"]
 
 
 def unet3d(in_channels: int = 1, out_channels: int = 2, **kwargs: Any) -> UNet:
@@ -64,3 +64,21 @@ def build(name: str, **kwargs: Any) -> nn.Module:
     if key not in NETWORKS:
         raise ValueError(f"unknown network {name!r}; known networks: {', '.join(sorted(NETWORKS))}")
     return NETWORKS[key](**kwargs)
+
+
+def check_target(target: str, setting: str = "network_def#_target_") -> str:
+    """``target`` if MONAI's config parser can find it (a dotted path, or a short MONAI name such as ``UNet``);
+    otherwise :class:`~mrivol_monai.errors.InputError` naming ``setting`` and the networks of this package.
+    The bundle calls this in ``initialize``, before anything is built, instead of MONAI's traceback."""
+    import pydoc
+
+    from monai.bundle import ConfigComponent
+
+    from mrivol_monai.errors import InputError
+
+    name = ConfigComponent({"_target_": target}).resolve_module_name() if isinstance(target, str) else None
+    if not isinstance(name, str) or pydoc.locate(name) is None:
+        known = ", ".join(f"mrivol_monai.networks.{f.__name__}" for f in NETWORKS.values())
+        raise InputError(None, f"{setting}: cannot find {target!r}; use one of {known} (or a MONAI network such "
+                               "as monai.networks.nets.UNet)")
+    return target

@@ -7,6 +7,11 @@ shipped ones (``<task>_unet.pt``) add ``"meta"``: the :class:`ModelSpec` as plai
 next to them as ``<task>_unet.json``. A checkpoint without a spec is described by, in this order: a JSON file
 with the same stem next to it, the ``configs/train.json`` of the bundle it sits in, or the shipped
 default spec of the task (the network the bundle trains by default).
+
+A bundle is code: its configs may hold ``$`` Python expressions. Reading a bundle's ``train.json`` to describe
+a checkpoint takes only its literal values (and ``@`` references to literal values); a config that needs
+its code run to say what the network is is refused unless the caller opts in with ``trust_bundle=True``
+(``mrivol predict --trust-bundle``).
 """
 
 from __future__ import annotations
@@ -126,11 +131,34 @@ def build_network(network_def: dict[str, Any], source: str | os.PathLike = "netw
         raise InputError(source, f"cannot build {name}({kwargs}): {err}") from err
 
 
+class _NeedsCode(Exception):
+    """A config value that only running the bundle's code could give."""
+
+
+def _literal(parser: Any, key: str, seen: tuple[str, ...] = ()) -> Any:
+    """Value of config ``key`` without running any code: literals, and ``@id`` references to literals."""
+    if key in seen:
+        raise _NeedsCode(key)
+    value = parser.get(key)
+    if isinstance(value, str) and value.startswith("@"):
+        return _literal(parser, value[1:], seen + (key,))
+    if isinstance(value, str) and value.startswith(("$", "%")):
+        raise _NeedsCode(key)
+    if isinstance(value, dict):
+        return {k: _literal(parser, f"{key}#{k}", seen + (key,)) for k in value}
+    if isinstance(value, list):
+        return [_literal(parser, f"{key}#{i}", seen + (key,)) for i in range(len(value))]
+    return value
+
+
 def spec_from_bundle_config(config: str | os.PathLike | Sequence[str | os.PathLike], task: str | None = None,
-                            overrides: Mapping[str, Any] | None = None) -> ModelSpec:
+                            overrides: Mapping[str, Any] | None = None, trust_bundle: bool = True) -> ModelSpec:
     """Spec from a bundle's ``train.json`` (or a list of config files merged in order, then ``overrides`` as
     on the bundle command line): its ``task``, ``num_classes``, ``network_def``, ``spatial_size``,
-    ``depth_axis``; ``task`` overrides the config's task and sets ``num_classes`` to match it."""
+    ``depth_axis``; ``task`` overrides the config's task and sets ``num_classes`` to match it.
+
+    ``trust_bundle`` False reads literal values only (no ``$`` expression is run) and raises
+    :class:`InputError` when the config needs its code run to describe the network."""
     from monai.bundle import ConfigParser
 
     files = [str(config)] if isinstance(config, (str, os.PathLike)) else [str(c) for c in config]
@@ -144,20 +172,27 @@ def spec_from_bundle_config(config: str | os.PathLike | Sequence[str | os.PathLi
     if task is not None:
         parser["task"] = task
         parser["num_classes"] = len(TASK_LABELS.get(task, {})) or parser["num_classes"]
-    raw = {}
-    for key in ("task", "num_classes", "spatial_size", "depth_axis"):
-        if key in parser:
-            raw[key] = parser.get_parsed_content(key)
-    raw["network_def"] = {k: parser.get_parsed_content(f"network_def#{k}") for k in parser["network_def"]}
+    keys = [k for k in ("task", "num_classes", "spatial_size", "depth_axis") if k in parser]
+    if trust_bundle:
+        raw = {key: parser.get_parsed_content(key) for key in keys}
+        raw["network_def"] = {k: parser.get_parsed_content(f"network_def#{k}") for k in parser["network_def"]}
+    else:
+        try:
+            raw = {key: _literal(parser, key) for key in keys + ["network_def"]}
+        except _NeedsCode as err:
+            raise InputError(config, f"describes the model with code ({err.args[0]} is a $ expression or a "
+                                     "macro); a bundle is code: pass --trust-bundle to run it, or give the "
+                                     "checkpoint a <stem>.json spec") from None
     raw["produced_by"] = {"config": files[0] if len(files) == 1 else files}
     return ModelSpec.from_dict(raw, files[-1])
 
 
 def read_spec(path: str | os.PathLike, checkpoint: dict | None = None, task: str | None = None,
-              num_classes: int | None = None) -> ModelSpec:
+              num_classes: int | None = None, trust_bundle: bool = False) -> ModelSpec:
     """Spec of the checkpoint at ``path``: its embedded ``meta``, else ``<stem>.json`` next to it, else the
-    ``configs/train.json`` of the bundle it is in (``<bundle>/models/<file>``), else the default network of
-    the task that has ``num_classes`` classes (``task`` if none has)."""
+    ``configs/train.json`` of the bundle it is in (``<bundle>/models/<file>``; its code runs only with
+    ``trust_bundle``, see :func:`spec_from_bundle_config`), else the default network of the task that has
+    ``num_classes`` classes (``task`` if none has)."""
     path = Path(path)
     if checkpoint is not None and isinstance(checkpoint.get("meta"), dict) and "network_def" in checkpoint["meta"]:
         return ModelSpec.from_dict(checkpoint["meta"], path)
@@ -169,7 +204,7 @@ def read_spec(path: str | os.PathLike, checkpoint: dict | None = None, task: str
             raise InputError(sidecar, f"not valid JSON: {err}") from err
     bundle_config = path.parent.parent / "configs" / "train.json"
     if path.parent.name == "models" and bundle_config.is_file():
-        return spec_from_bundle_config(bundle_config, task)
+        return spec_from_bundle_config(bundle_config, task, trust_bundle=trust_bundle)
     by_classes = [t for t, labels in TASK_LABELS.items() if len(labels) == num_classes]
     return task_spec(by_classes[0] if by_classes else task or "brain")
 
@@ -203,21 +238,27 @@ def checkpoint_path(model: str | os.PathLike | None = None, task: str | None = N
     return path
 
 
-def load_model(model: str | os.PathLike | None = None, task: str | None = None) -> tuple[nn.Module, ModelSpec]:
+def load_model(model: str | os.PathLike | None = None, task: str | None = None,
+               trust_bundle: bool = False) -> tuple[nn.Module, ModelSpec]:
     """Network in eval mode plus its spec, from ``model`` (a ``.pt`` checkpoint, or a bundle folder with
-    ``models/model.pt``), or the shipped default of ``task`` when ``model`` is None.
+    ``models/model.pt``), or the shipped default of ``task`` when ``model`` is None. The weights are read with
+    ``torch.load(weights_only=True)``; a bundle's ``$`` code runs only with ``trust_bundle`` (:func:`read_spec`).
 
     ``task`` None means: the checkpoint's own task (``brain`` for the shipped default). A checkpoint whose
     task or number of classes differs from ``task`` raises :class:`InputError`.
     """
     path = checkpoint_path(model, task)
+    if path.stat().st_size == 0:
+        raise InputError(path, "checkpoint is empty (0 bytes: its save was interrupted); use another checkpoint "
+                               "or retrain")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip and torch errors all mean "not a checkpoint we can read safely"
-        raise InputError(path, f"not a loadable torch checkpoint ({type(err).__name__}: {str(err).splitlines()[0]})") from err
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+        raise InputError(path, f"not a loadable torch checkpoint ({type(err).__name__}{': ' + first[:160] if first else ''})") from err
     sd = _state_dict(checkpoint, path)
     classes = _output_classes(sd)
-    spec = read_spec(path, checkpoint if isinstance(checkpoint, dict) else None, task, classes)
+    spec = read_spec(path, checkpoint if isinstance(checkpoint, dict) else None, task, classes, trust_bundle)
     wanted = task or spec.task
     if wanted not in TASK_LABELS:
         raise InputError(None, f"unknown task {wanted!r}; expected one of {', '.join(TASK_LABELS)}")
