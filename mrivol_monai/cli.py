@@ -3,6 +3,7 @@
     mrivol predict INPUT... --out DIR [--task brain|subcortical] [--model PATH] [--backend torch|onnx]
     mrivol export --format torchscript|onnx --out FILE [--task T] [--model PATH]
     mrivol export-weights --task T --checkpoint bundle/models/model.pt [--config bundle/configs/train.json]
+    mrivol bundle-model [--task T] [--bundle DIR]
 
 Bad input prints ``error: <file>: <problem>`` on stderr (no traceback); the exit status is 1 if any scan
 failed, 2 if nothing could run (bad model, output folder, options).
@@ -22,7 +23,7 @@ TASKS = ("brain", "subcortical")
 
 
 def parser() -> argparse.ArgumentParser:
-    """The argument parser of ``mrivol`` (sub-commands ``predict``, ``export``, ``export-weights``)."""
+    """The argument parser of ``mrivol`` (sub-commands ``predict``, ``export``, ``export-weights``, ``bundle-model``)."""
     from mrivol_monai.export import FORMATS
     from mrivol_monai.predict import BACKENDS
 
@@ -53,6 +54,12 @@ def parser() -> argparse.ArgumentParser:
     wts.add_argument("--config", default="bundle/configs/train.json", help="the config it was trained with")
     wts.add_argument("--out-dir", default=None, help="default: the installed package's weights folder")
     wts.add_argument("--note", default="", help="how the checkpoint was produced (recorded in the JSON)")
+
+    bun = sub.add_parser("bundle-model", help="write the shipped weights into the bundle as models/model.pt")
+    bun.add_argument("--task", choices=TASKS, default="brain",
+                     help="brain -> models/model.pt, subcortical -> models/subcortical/model.pt")
+    bun.add_argument("--bundle", default=None,
+                     help="bundle folder (default: '.' inside a bundle, 'bundle' from the repository root)")
     return top
 
 
@@ -87,10 +94,20 @@ def _export_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bundle_model(args: argparse.Namespace) -> int:
+    from mrivol_monai.bundle_config import find_bundle_root
+    from mrivol_monai.export import bundle_model
+
+    path = bundle_model(args.task, args.bundle or find_bundle_root())
+    print(f"wrote the shipped {args.task} model to {path}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``mrivol`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     args = parser().parse_args(argv)
-    run = {"predict": _predict, "export": _export, "export-weights": _export_weights}[args.command]
+    run = {"predict": _predict, "export": _export, "export-weights": _export_weights,
+           "bundle-model": _bundle_model}[args.command]
     try:
         return run(args)
     except InputError as err:
