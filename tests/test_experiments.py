@@ -145,6 +145,7 @@ def _mtimes(out: Path) -> dict[str, int]:
     return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in sorted(out.glob("E1/*/seed*/result.json"))}
 
 
+@pytest.mark.slow
 def test_tiny_study_tables_aggregates_and_resume(tiny_cohort, tmp_path):
     data_dir, datalist = tiny_cohort
     out = tmp_path / "runs"

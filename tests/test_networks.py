@@ -241,6 +241,7 @@ def _verify(net_id: str, *override: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("net_id", "override"),
     [
