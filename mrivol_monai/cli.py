@@ -4,6 +4,7 @@
                    [--backend torch|onnx] [--threads N] [--trust-bundle] [--series ID]
     mrivol export --format torchscript|onnx --out FILE [--task T] [--model PATH] [--trust-bundle]
     mrivol export-weights --task T --checkpoint bundle/models/model.pt [--config bundle/configs/train.json ...]
+    mrivol bundle-model [--task T] [--bundle DIR]
 
 ``predict`` first says on stderr which model it uses (file, task, network, how it was trained) and how many
 threads. Checkpoints are read with ``torch.load(weights_only=True)``. A bundle folder given as ``--model`` is
@@ -31,7 +32,7 @@ TRUST_HELP = ("a bundle is code: let --model BUNDLE_DIR run the $ expressions of
 
 
 def parser() -> argparse.ArgumentParser:
-    """The argument parser of ``mrivol`` (sub-commands ``predict``, ``export``, ``export-weights``)."""
+    """The argument parser of ``mrivol`` (sub-commands ``predict``, ``export``, ``export-weights``, ``bundle-model``)."""
     from mrivol_monai.export import FORMATS
     from mrivol_monai.predict import BACKENDS
 
@@ -74,6 +75,12 @@ def parser() -> argparse.ArgumentParser:
                      help="the config(s) it was trained with: base, then overlays")
     wts.add_argument("--out-dir", default=None, help="default: the installed package's weights folder")
     wts.add_argument("--note", default="", help="how the checkpoint was produced (recorded in the JSON)")
+
+    bun = sub.add_parser("bundle-model", help="write the shipped weights into the bundle as models/model.pt")
+    bun.add_argument("--task", choices=TASKS, default="brain",
+                     help="brain -> models/model.pt, subcortical -> models/subcortical/model.pt")
+    bun.add_argument("--bundle", default=None,
+                     help="bundle folder (default: '.' inside a bundle, 'bundle' from the repository root)")
     return top
 
 
@@ -116,10 +123,20 @@ def _export_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bundle_model(args: argparse.Namespace) -> int:
+    from mrivol_monai.bundle_config import find_bundle_root
+    from mrivol_monai.export import bundle_model
+
+    path = bundle_model(args.task, args.bundle or find_bundle_root())
+    print(f"wrote the shipped {args.task} model to {path}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``mrivol`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     args = parser().parse_args(argv)
-    run = {"predict": _predict, "export": _export, "export-weights": _export_weights}[args.command]
+    run = {"predict": _predict, "export": _export, "export-weights": _export_weights,
+           "bundle-model": _bundle_model}[args.command]
     try:
         return run(args)
     except InputError as err:

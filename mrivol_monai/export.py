@@ -27,8 +27,10 @@ from mrivol_monai.errors import InputError
 from mrivol_monai.weights import WEIGHTS_DIR, ModelSpec, default_checkpoint, spec_from_bundle_config
 
 __all__ = [
+    "BUNDLE_MODEL_PATHS",
     "FORMATS",
     "OnnxSegmenter",
+    "bundle_model",
     "export_model",
     "export_onnx",
     "export_torchscript",
@@ -220,3 +222,35 @@ def export_weights(task: str, checkpoint: str | os.PathLike, config: str | os.Pa
     _write_atomic(pt_path, lambda tmp: torch.save({"model": state, "meta": spec.to_dict()}, tmp))
     _write_atomic(json_path, lambda tmp: tmp.write_text(json.dumps(spec.to_dict(), indent=2) + "\n"))
     return pt_path, json_path
+
+
+# where each task's bundle checkpoint lives (train.json's ckpt_dir, subcortical.json's for that task)
+BUNDLE_MODEL_PATHS = {"brain": Path("models") / "model.pt", "subcortical": Path("models") / "subcortical" / "model.pt"}
+
+
+def bundle_model(task: str = "brain", bundle_root: str | os.PathLike = "bundle") -> Path:
+    """Write the shipped default of ``task`` into the bundle as ``<bundle_root>/models/model.pt``
+    (``models/subcortical/model.pt`` for subcortical): a bare state dict, the format MONAI's
+    ``CheckpointSaver`` writes for the best model and ``ckpt_export`` / ``CheckpointLoader`` read.
+
+    The weights must load strictly into the network of ``<bundle_root>/configs/train.json`` for ``task``,
+    so a bundle whose ``network_def`` no longer matches the shipped model fails here, not at inference.
+    The file is generated, not committed (``bundle/models/`` is git-ignored): one copy of the weights in git.
+    """
+    from mrivol_monai.weights import build_network, load_model
+
+    if task not in BUNDLE_MODEL_PATHS:
+        raise InputError(None, f"unknown task {task!r}; expected one of {', '.join(BUNDLE_MODEL_PATHS)}")
+    shipped, _ = load_model(None, task)
+    config = Path(bundle_root) / "configs" / "train.json"
+    spec = spec_from_bundle_config(config, task)
+    net = build_network(spec.network_def, config)
+    try:
+        net.load_state_dict(shipped.state_dict(), strict=True)
+    except RuntimeError as err:
+        raise InputError(config, f"the shipped {task} weights do not fit its network_def {spec.network_def}: "
+                                 f"{str(err).strip().splitlines()[-1][:200]}") from err
+    state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    out = Path(bundle_root) / BUNDLE_MODEL_PATHS[task]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return _write_atomic(out, lambda tmp: torch.save(state, tmp))

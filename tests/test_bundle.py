@@ -26,6 +26,7 @@ def _bundle(*args: str, cwd: Path = REPO, timeout: int = 420) -> subprocess.Comp
                           text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_verify_metadata_offline_passes_and_catches_a_missing_key(tmp_path):
     schema = str(CONFIGS / "metadata_schema.json")
     ok = _bundle("verify_metadata", "--meta_file", str(CONFIGS / "metadata.json"), "--filepath", schema)
@@ -99,6 +100,7 @@ def _scalars(log_dir: Path, tag: str) -> list[float]:
     return values
 
 
+@pytest.mark.slow
 def test_end_to_end_training_bundle_command(tiny_cohort, tmp_path):
     data_dir, datalist = tiny_cohort
     ckpt_dir, log_dir = tmp_path / "models", tmp_path / "logs"
@@ -179,6 +181,7 @@ def _check_provenance(best: Path, args: list[str], tmp_path: Path) -> None:
     assert all(ok for ok, _ in check_provenance(tmp_path / "w" / "brain_unet.pt", REPO, command))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "delete"])
 def test_bad_training_file_gives_one_line_error(tiny_cohort, tmp_path, damage):
     import shutil
@@ -204,6 +207,7 @@ def test_bad_training_file_gives_one_line_error(tiny_cohort, tmp_path, damage):
     assert not (tmp_path / "m" / "model.pt").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["brain", "subcortical"])
 def test_verify_net_in_out_for_the_bundle_network(task):
     meta = [str(CONFIGS / "metadata.json")]

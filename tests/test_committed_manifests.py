@@ -9,7 +9,7 @@ import pytest
 
 from mrivol_monai.data import manifests, synthetic
 
-MANIFESTS = Path(__file__).resolve().parents[1] / "data_manifests"
+MANIFESTS = Path(__file__).resolve().parents[1] / "bundle" / "datalists"
 
 
 def _default_subjects() -> tuple[list[str], list[str]]:
@@ -34,7 +34,7 @@ def test_committed_manifest_matches_default_cohort_and_split(task):
             assert e["label"] == f"{e['subject']}-{task}.nii.gz"
             assert e["site"] == e["subject"].split("-")[1]
     assert content["task"] == task
-    assert content["data_root"] == "../bundle/data/synthixi"
+    assert content["data_root"] == "../data/synthixi"  # relative to bundle/datalists: the bundle's data folder
     assert {e["site"] for e in content["test"]} == {"IOP"}
     assert len(content["training"]) + len(content["validation"]) + len(content["test"]) == synthetic.DEFAULT_N_SUBJECTS
 

@@ -43,11 +43,11 @@ def test_every_variant_overlay_builds_the_network_it_names(tmp_path):
             assert type(net) is cls, (exp.key, v.name)
             if v.name.startswith(("unet_ed", "fcn_ed")):
                 assert net.ed_blocks == int(v.name[-1])
-    fcn = _parse(("experiments/model_fcn.json", "experiments/e2_fcn_ed3.json"))
+    fcn = _parse(("experiments/model_fcn.json", "experiments/ed3.json"))
     assert fcn.get_parsed_content("learning_rate") == pytest.approx(1e-4)
     assert fcn.get_parsed_content("loss_name") == "bce"
     assert fcn["optimizer"]["_target_"] == "torch.optim.RMSprop"
-    sub = _parse(("subcortical.json", "experiments/e5_subcortical.json"))
+    sub = _parse(("subcortical.json", "experiments/ed7.json"))
     assert sub.get_parsed_content("num_classes") == 5
     assert _parse(("experiments/e3_slices20.json",)).get_parsed_content("slices_per_volume") == 20
     # profile width lies under the variant: E2's width axis wins
@@ -61,17 +61,49 @@ def test_every_variant_overlay_builds_the_network_it_names(tmp_path):
     assert width.get_parsed_content("network_def").width == 32
 
 
+def test_each_overlay_alone_does_what_its_name_says():
+    """A file name never lies: every overlay in experiments/, laid alone over train.json, sets what it is named
+    after, and none is only run folders (the runner sets ckpt_dir / output_dir)."""
+    families = {"model_fcn": FCN2d, "model_segnet": SegNet2d}
+    files = sorted((CONFIGS / "experiments").glob("*.json"))
+    assert files
+    for path in files:
+        content = json.loads(path.read_text())
+        assert set(content) - {"ckpt_dir", "output_dir"}, path.name
+        stem = path.stem
+        parser = _parse((f"experiments/{path.name}",), **{"network_def#width": 4})
+        if stem in families:
+            assert type(parser.get_parsed_content("network_def")) is families[stem], stem
+        elif stem.startswith("ed"):
+            net = parser.get_parsed_content("network_def")
+            assert type(net) is UNet2d and net.ed_blocks == int(stem[2:]), stem
+        elif stem.startswith("e2_unet_width"):
+            parser = _parse((f"experiments/{path.name}",))
+            assert parser.get_parsed_content("network_def").width == int(stem.rsplit("width", 1)[1]), stem
+        elif stem.startswith("e3_slices"):
+            assert parser.get_parsed_content("slices_per_volume") == int(stem.rsplit("slices", 1)[1]), stem
+        elif stem.startswith("e1_"):
+            augs = parser.get_parsed_content("augmentations")
+            assert stem[3:] in ("_".join(augs) if isinstance(augs, list) else augs), stem
+        elif stem == "model_unet25d":
+            assert parser.get_parsed_content("network_def#in_channels") == 3
+        elif stem == "model_unet3d":
+            assert parser["network_def"]["_target_"].endswith("unet3d")
+        else:
+            raise AssertionError(f"{path.name}: no rule says what this overlay should do")
+
+
 def test_unet25d_and_unet3d_overlays_shape_data_and_outputs(tiny_cohort):
     data_dir, datalist = tiny_cohort
     small = {"dataset_dir": str(data_dir), "datalist": str(datalist), "spatial_size": [8, 32, 32],
              "augmentations": "none", "slices_per_volume": 2}
-    p25 = _parse(("experiments/e4_unet25d.json", "experiments/model_unet25d.json"),
+    p25 = _parse(("experiments/model_unet25d.json", "experiments/ed5.json"),
                  **small, **{"network_def#ed_blocks": 3, "network_def#width": 4})
     p25.get_parsed_content("imports")
     item = p25.get_parsed_content("train#dataset")[0][0]
     assert tuple(item["image"].shape) == (3, 32, 32) and tuple(item["label"].shape) == (2, 32, 32)
     assert p25.get_parsed_content("network_def")(item["image"][None]).shape == (1, 2, 32, 32)
-    p3 = _parse(("experiments/e4_unet3d.json", "experiments/model_unet3d.json"), **small)
+    p3 = _parse(("experiments/model_unet3d.json",), **small)
     p3.get_parsed_content("imports")
     vol = p3.get_parsed_content("train#dataset")[0]
     assert tuple(vol["label"].shape) == (2, 16, 32, 32)  # depth 8 padded to the 3D UNet's multiple of 16
@@ -145,6 +177,7 @@ def _mtimes(out: Path) -> dict[str, int]:
     return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in sorted(out.glob("E1/*/seed*/result.json"))}
 
 
+@pytest.mark.slow
 def test_tiny_study_tables_aggregates_and_resume(tiny_cohort, tmp_path):
     data_dir, datalist = tiny_cohort
     out = tmp_path / "runs"

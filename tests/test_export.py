@@ -88,6 +88,7 @@ def test_export_weights_packages_a_bundle_checkpoint_with_its_spec(tmp_path):
                  "--config", str(REPO / "bundle" / "configs" / "train.json")]) == 2  # 5 classes are not brain
 
 
+@pytest.mark.slow
 def test_inference_bundle_matches_mrivol_predict(tmp_path):
     scans = tmp_path / "scans"
     scans.mkdir()

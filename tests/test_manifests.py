@@ -279,6 +279,7 @@ def test_bad_inputs(tmp_path: Path) -> None:
         build_manifest(base, val_fraction=1.5)
 
 
+@pytest.mark.slow
 def test_cli_prints_counts_and_fails_cleanly(cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "m" / "sub.json"
     assert main(["build", "--images", str(cohort), "--task", "subcortical", "--out", str(out), "--seed", "0"]) == 0

@@ -241,6 +241,7 @@ def _verify(net_id: str, *override: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("net_id", "override"),
     [
@@ -291,3 +292,22 @@ def test_fold_batch_norm_keeps_outputs_and_leaves_no_batchnorm(family):
         expected = net.eval()(x)
         assert torch.allclose(folded(x), expected, atol=1e-5)
         assert not torch.allclose(expected, torch.zeros_like(expected))
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_torch_jit_script_matches_eager_and_survives_save_load(family, tmp_path):
+    # the Model Zoo exports TorchScript by scripting (monai.bundle ckpt_export), not by tracing
+    torch.manual_seed(0)
+    net = build(family, in_channels=1, out_channels=3, ed_blocks=3, width=4).eval()
+    scripted = torch.jit.script(net)
+    torch.jit.save(scripted, str(tmp_path / "net.ts"))
+    loaded = torch.jit.load(str(tmp_path / "net.ts"))
+    x = torch.randn(2, 1, 16, 24)  # not square: H and W must not be swapped anywhere
+    with torch.no_grad():
+        expected = net(x)
+        assert expected.shape == (2, 3, 16, 24)
+        assert torch.allclose(scripted(x), expected, atol=1e-6)
+        assert torch.allclose(loaded(x), expected, atol=1e-6)
+    # the input check is compiled in too (as a TorchScript error carrying the same message)
+    with pytest.raises(Exception, match=r"divisible by 4, got 18x24"):
+        loaded(torch.zeros(1, 1, 18, 24))

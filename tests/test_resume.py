@@ -150,8 +150,8 @@ def test_killed_run_resumed_ends_as_the_uninterrupted_run(tiny_cohort, tmp_path)
     assert all(torch.equal(x, y) for (x, _), (y, _) in zip([(s["exp_avg"], 0) for s in a["optimizer"]["state"].values()],
                                                          [(m[0], 0) for m in moments]))
     assert a["lr_scheduler"] == b["lr_scheduler"]
-    best_a = torch.load(ckpt / "model.pt", weights_only=True)
-    best_b = torch.load(tmp_path / "whole" / "models" / "model.pt", weights_only=True)
+    best_a = torch.load(ckpt / "model.pt", weights_only=True)["model"]  # the best model's state dict (+ "meta")
+    best_b = torch.load(tmp_path / "whole" / "models" / "model.pt", weights_only=True)["model"]
     assert all(torch.allclose(best_a[k], best_b[k], atol=1e-6) for k in best_b)
 
     files = {p.name: _digest(p) for p in ckpt.glob("*.pt")}

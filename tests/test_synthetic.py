@@ -88,7 +88,7 @@ def test_held_out_anatomy_never_reaches_training_or_validation(tiny: Path) -> No
     # The committed manifests describe the default cohort: map each listed subject to its anatomy.
     plan = {synthetic.subject_name(n, site, k): m for n, site, k, _, m in synthetic.cohort_plan(150, 0)}
     for task in ("brain", "subcortical"):
-        manifest = json.loads((REPO / "data_manifests" / f"synthixi_{task}.json").read_text())
+        manifest = json.loads((REPO / "bundle" / "datalists" / f"synthixi_{task}.json").read_text())
         maps = {split: {plan[e["subject"]] for e in manifest[split]} for split in ("training", "validation", "test")}
         assert maps["test"] == set(label_maps.TEST_MAPS)
         assert maps["validation"] == set(label_maps.VALIDATION_MAPS)
@@ -183,6 +183,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=180)
 
 
+@pytest.mark.slow
 def test_cli_writes_a_cohort_and_reports_errors_in_one_line(tmp_path: Path) -> None:
     ok = _cli("--out", str(tmp_path / "c"), "--subjects", "3", "--seed", "5", "--geometry", "tiny", "--quiet",
               "--workers", "1")

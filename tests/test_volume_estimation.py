@@ -155,6 +155,7 @@ def _scalar(log_dir: Path, tag: str) -> float:
     raise KeyError(tag)
 
 
+@pytest.mark.slow
 def test_evaluating_bundle_matches_an_independent_computation(cohort, tmp_path):
     root, datalists, truth = cohort
     _train_tiny_model(cohort, tmp_path / "models" / "model.pt")

@@ -8,7 +8,7 @@ axis); validation and test use the middle of the stored box. Image: trilinear; l
 :data:`mrivol_monai.deep_grey_box.FINE_CLASSES` indices. The split is the cohort's own (``cohort.csv``).
 
     python -m mrivol_monai.data.deep_grey_boxes --cohort bundle/data/synthixi --out bundle/data/synthixi_fine \
-        --datalist data_manifests/synthixi_subcortical_fine.json
+        --datalist bundle/datalists/synthixi_subcortical_fine.json
 """
 
 from __future__ import annotations

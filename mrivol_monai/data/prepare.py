@@ -1,7 +1,7 @@
 """Glue the bundle's ``initialize`` step calls: make sure a cohort and its manifest exist, then load a split.
 
 On a fresh clone ``dataset_dir`` is empty, so the default SynthIXI cohort is generated there (deterministic:
-the committed ``data_manifests/synthixi_*.json`` describe exactly this cohort). A user with real data points
+the committed ``bundle/datalists/synthixi_*.json`` describe exactly this cohort). A user with real data points
 ``dataset_dir`` and ``datalist`` at it and nothing is generated.
 """
 

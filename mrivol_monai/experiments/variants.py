@@ -1,7 +1,10 @@
 """The paper's experiments E1-E5 as lists of variants (config overlays), their tables, and run profiles.
 
 A variant is the list of overlay files (relative to ``bundle/configs``) laid over ``train.json``; the
-overlays themselves live in ``bundle/configs/experiments/`` and hold only what differs. ``paper`` holds the
+overlays themselves live in ``bundle/configs/experiments/`` and hold only what differs. Each file is named for
+what it sets and does that alone over ``train.json`` (``model_fcn.json``: an FCN; ``ed3.json``: 3 ED blocks);
+a variant combines them (E2's ``fcn_ed3`` = ``model_fcn`` + ``ed3``). Run folders (``ckpt_dir``,
+``output_dir``) come from the runner, not from overlays. ``paper`` holds the
 numbers the paper reports for the same row (tables 1-6), shown side by side in the results.
 A profile sets what every run of a study shares (width, epoch cap, cohort limits) and the repeats; it is
 laid *under* the variant overlays, so a variant that sets a key (E2's width axis) wins over the profile.
@@ -113,9 +116,9 @@ _FCN_PAPER = {2: (99.3e3, 0.685, 7), 3: (501.2e3, 0.796, 27), 4: (2.1e6, 0.853, 
 _E2_COLUMNS = (PARAMS, DICE, TIME, EPOCHS, RSS, DICE_CI)
 E2 = Experiment(
     "E2", "Number of training parameters", "How do depth (ED blocks) and width trade cost for Dice?",
-    tuple(_v("E2", f"unet_ed{k}", str(k), f"e2_unet_ed{k}", params=p, test_dice=d, time_s=t)
+    tuple(_v("E2", f"unet_ed{k}", str(k), f"ed{k}", params=p, test_dice=d, time_s=t)
           for k, (p, d, t) in _UNET_PAPER.items())
-    + tuple(_v("E2", f"fcn_ed{k}", str(k), "model_fcn", f"e2_fcn_ed{k}", params=p, test_dice=d, time_s=t)
+    + tuple(_v("E2", f"fcn_ed{k}", str(k), "model_fcn", f"ed{k}", params=p, test_dice=d, time_s=t)
             for k, (p, d, t) in _FCN_PAPER.items())
     + tuple(_v("E2", f"unet_width{c}", str(c), f"e2_unet_width{c}") for c in (8, 16, 32, 64)),
     (
@@ -148,14 +151,14 @@ _E4_COLUMNS = (
 E4 = Experiment(
     "E4", "Model complexity (architectures)", "Which architecture, at 5 ED blocks, segments best?",
     (
-        _v("E4", "unet", "UNet", "e4_unet", train_dice=0.995, val_dice=0.962, test_dice=0.939, vol_error=2.13,
+        _v("E4", "unet", "UNet", "ed5", train_dice=0.995, val_dice=0.962, test_dice=0.939, vol_error=2.13,
            vol_error_std=0.98, estimate="over"),
-        _v("E4", "segnet", "SegNet", "model_segnet", "e4_segnet", train_dice=0.987, val_dice=0.958, test_dice=0.934,
+        _v("E4", "segnet", "SegNet", "model_segnet", "ed5", train_dice=0.987, val_dice=0.958, test_dice=0.934,
            vol_error=3.09, vol_error_std=1.92, estimate="under"),
-        _v("E4", "fcn", "FCN", "model_fcn", "e4_fcn", train_dice=0.947, val_dice=0.945, test_dice=0.890,
+        _v("E4", "fcn", "FCN", "model_fcn", "ed5", train_dice=0.947, val_dice=0.945, test_dice=0.890,
            vol_error=3.76, vol_error_std=3.95, estimate="over"),
-        _v("E4", "unet25d", "2.5D UNet (3 slices in)", "e4_unet25d", "model_unet25d"),
-        _v("E4", "unet3d", "3D UNet (MONAI, whole volume)", "e4_unet3d", "model_unet3d"),
+        _v("E4", "unet25d", "2.5D UNet (3 slices in)", "model_unet25d", "ed5"),
+        _v("E4", "unet3d", "3D UNet (MONAI, whole volume)", "model_unet3d"),
     ),
     (Table("Table 5: Model architecture comparison", "Model", _E4_COLUMNS),),
     "bar",
@@ -167,10 +170,10 @@ _E5_COLUMNS = (DICE, Column("Avg. estimate error", "vol_signed_pct_mean", "pct",
 E5 = Experiment(
     "E5", "Task complexity (brain vs subcortical)", "How much worse is the 5-class subcortical task?",
     (
-        _v("E5", "brain", "Brain (UNet, 4 ED blocks)", "e5_brain", test_dice=0.939,
+        _v("E5", "brain", "Brain (UNet, 4 ED blocks)", test_dice=0.939,
            regions={"brain": (2.13, "over")}),
-        _v("E5", "subcortical", "Subcortical (UNet, 4 ED blocks)", "subcortical.json", "e5_subcortical"),
-        _v("E5", "subcortical_ed7", "Subcortical (UNet, 7 ED blocks)", "subcortical.json", "e5_subcortical_ed7",
+        _v("E5", "subcortical", "Subcortical (UNet, 4 ED blocks)", "subcortical.json"),
+        _v("E5", "subcortical_ed7", "Subcortical (UNet, 7 ED blocks)", "subcortical.json", "ed7",
            test_dice=0.924, regions={"background": (0.08, "over"), "thalamus": (-17.18, "under"),
                                      "caudate": (13.32, "over"), "putamen": (-4.59, "under"),
                                      "amygdala": (9.68, "over")}),

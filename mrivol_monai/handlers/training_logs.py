@@ -41,8 +41,10 @@ def log_to_file(path: str | os.PathLike, level: int = logging.INFO) -> Path:
     replacing a file set up by an earlier call in this process. The console keeps what ``logging.conf`` gives
     it. ``logging.conf`` cannot do this itself: the file lives in the run's output folder, known only to the
     config. Returns ``path``."""
+    from mrivol_monai.handlers.checkpoints import ensure_writable_dir
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(path.parent, "output_dir")  # one line naming the setting, not an OSError from logging
     handler = logging.FileHandler(path, mode="a", encoding="utf-8")
     handler.setLevel(level)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))

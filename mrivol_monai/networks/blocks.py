@@ -129,24 +129,22 @@ class SliceSegmenter(nn.Module):
         self.out_channels = out_channels
         self.ed_blocks = ed_blocks
         self.width = width
-
-    @property
-    def divisor(self) -> int:
-        """H and W of the input must be multiples of this (one halving per pooling stage)."""
-        return 2 ** (self.ed_blocks - 1)
+        # plain attributes, not properties: TorchScript reads them as constants of the scripted module
+        # (``2 ** k`` of two ints is a float in TorchScript, so the divisor is computed here, in Python)
+        self.divisor: int = 2 ** (ed_blocks - 1)
+        self.family: str = type(self).__name__
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise :class:`InputError` unless ``x`` is (N, in_channels, H, W) with H, W multiples of ``divisor``."""
-        name = type(self).__name__
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise InputError(
-                None, f"{name}: expected input (N, {self.in_channels}, H, W), got shape {tuple(x.shape)}"
-            )
-        h, w = x.shape[-2:]
-        if h % self.divisor or w % self.divisor:
+        """Raise :class:`InputError` unless ``x`` is (N, in_channels, H, W) with H, W multiples of ``divisor``
+        (``divisor`` = ``2 ** (ed_blocks - 1)``, one halving per pooling stage). Scriptable."""
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            shape = "(" + ", ".join([str(s) for s in x.shape]) + ")"
+            raise InputError(None, f"{self.family}: expected input (N, {self.in_channels}, H, W), got shape {shape}")
+        h, w = x.shape[-2], x.shape[-1]
+        if h % self.divisor != 0 or w % self.divisor != 0:
             raise InputError(
                 None,
-                f"{name} with ed_blocks={self.ed_blocks}: H and W must be divisible by {self.divisor}, "
+                f"{self.family} with ed_blocks={self.ed_blocks}: H and W must be divisible by {self.divisor}, "
                 f"got {h}x{w} (pad or crop the slices, e.g. with monai DivisiblePadd(k={self.divisor}))",
             )
 

@@ -18,6 +18,7 @@ Parameters with ``width=64``, ``in_channels=1``, ``out_channels=2``, ``ed_blocks
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mrivol_monai.networks.blocks import SliceSegmenter, conv_bn_relu, head
@@ -42,7 +43,6 @@ class SegNet2d(SliceSegmenter):
         chans = [min(width * 2**k, MAX_WIDTH_FACTOR * width) for k in range(ed_blocks)]
         self.encoder = nn.ModuleList(conv_bn_relu(c_in, c_out) for c_in, c_out in zip([in_channels] + chans[:-1], chans))
         self.pool = nn.MaxPool2d(2, return_indices=True)
-        self.unpool = nn.MaxUnpool2d(2)
         # decoder conv k maps level k's channels to level k-1's (to width at the top), then unpools
         self.decoder = nn.ModuleList(
             conv_bn_relu(chans[k], chans[k - 1] if k > 0 else chans[0]) for k in reversed(range(ed_blocks))
@@ -50,7 +50,7 @@ class SegNet2d(SliceSegmenter):
         self.head = head(chans[0], out_channels)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        indices = []
+        indices: list[torch.Tensor] = []
         for k, conv in enumerate(self.encoder):
             x = conv(x)
             if k < len(self.encoder) - 1:
@@ -59,5 +59,6 @@ class SegNet2d(SliceSegmenter):
         for conv in self.decoder:
             x = conv(x)
             if indices:
-                x = self.unpool(x, indices.pop())
+                # the functional form: torch.jit.script fails on the nn.MaxUnpool2d module (IntList assert)
+                x = F.max_unpool2d(x, indices.pop(), kernel_size=2, stride=2)
         return self.head(x)

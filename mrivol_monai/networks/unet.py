@@ -76,7 +76,7 @@ class UNet2d(SliceSegmenter):
         self.head = head(chans[0], out_channels)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
+        skips: list[torch.Tensor] = []
         for level in self.down:
             x = level(x)
             skips.append(x)
