@@ -239,3 +239,25 @@ def test_evaluation_and_inference_keep_the_largest_brain_component_and_training_
     inference = ConfigParser()
     inference.read_config(str(CONFIGS / "inference.json"))
     assert [t.labels for t in step(inference, "postprocessing")] == [[1]]
+
+
+def test_subcortical_fine_overlay_trains_stage_two_on_the_deep_grey_matter_boxes():
+    from mrivol_monai import deep_grey_box
+
+    parser = ConfigParser()
+    parser.read_config([TRAIN, str(CONFIGS / "subcortical_fine.json")])
+    assert parser.get_parsed_content("num_classes") == deep_grey_box.NUM_CLASSES == 11
+    assert parser.get_parsed_content("spatial_size") == list(deep_grey_box.BOX_SIZE)
+    net = parser.get_parsed_content("network_def")
+    assert tuple(net(torch.zeros(1, 3, 96, 96)).shape) == (1, 11, 96, 96)  # a slice and its two neighbours
+    init = parser["initialize"]
+    assert any("ensure_dataset(@cohort_dir" in step for step in init) and "ensure_boxes" in init[-1]
+    assert not any("ensure_dataset(@dataset_dir" in step for step in init)  # never renders a cohort into the boxes
+    assert "flip" not in parser["augmentations"]  # a flip would swap left and right labels
+    loss = parser.get_parsed_content("loss")
+    assert loss.dice.include_background is False and loss.dice.batch is True
+    train_steps = [type(t).__name__ for t in parser.get_parsed_content("train#preprocessing").transforms]
+    val_steps = [type(t).__name__ for t in parser.get_parsed_content("validate#preprocessing").transforms]
+    assert "RandSpatialCropd" in train_steps and "CenterSpatialCropd" in val_steps
+    assert "NeighbourSlicesd" in train_steps and "NeighbourSlicesd" in val_steps
+    assert parser.get_parsed_content("datalist").endswith("synthixi_subcortical_fine.json")
