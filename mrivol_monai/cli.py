@@ -1,6 +1,8 @@
 """``mrivol``: segment new scans and report volumes, export models, package trained weights.
 
     mrivol predict INPUT... --out DIR [--task brain|subcortical] [--model PATH] [--backend torch|onnx]
+                                      [--shard K/N] [--overwrite]
+    torchrun --nproc_per_node=N -m mrivol_monai predict INPUT... --out DIR   (the scans split over N processes)
     mrivol export --format torchscript|onnx --out FILE [--task T] [--model PATH]
     mrivol export-weights --task T --checkpoint bundle/models/model.pt [--config bundle/configs/train.json]
 
@@ -40,6 +42,12 @@ def parser() -> argparse.ArgumentParser:
     pred.add_argument("--backend", choices=BACKENDS, default="torch")
     pred.add_argument("--no-qc", action="store_true", help="skip the QC PNGs")
     pred.add_argument("--quiet", action="store_true", help="no progress bar")
+    pred.add_argument("--shard", default=None, metavar="K/N",
+                      help="segment only shard K of N (0 <= K < N; every N-th scan from the K-th), e.g. "
+                           "--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; under torchrun each rank "
+                           "further takes its share of that shard")
+    pred.add_argument("--overwrite", action="store_true",
+                      help="redo scans that already have a row in volumes.csv and a mask (default: skip them)")
 
     exp = sub.add_parser("export", help="export a model to TorchScript or ONNX")
     exp.add_argument("--format", choices=FORMATS, required=True)
@@ -63,9 +71,21 @@ def _predict(args: argparse.Namespace) -> int:
 
     itk.ProcessObject.SetGlobalWarningDisplay(False)  # unreadable DICOM gets our one-line error instead
     result = predict(args.inputs, args.out, task=args.task, model=args.model, backend=args.backend,
-                     qc=not args.no_qc, progress=not args.quiet)
+                     qc=not args.no_qc, progress=not args.quiet, shard=_shard(args.shard), overwrite=args.overwrite)
     print(summary_line(result))
     return 1 if result.failed else 0
+
+
+def _shard(text: str | None) -> tuple[int, int]:
+    """``--shard K/N`` combined with this process's torchrun rank R of W -> shard (K * W + R, N * W)."""
+    from mrivol_monai import distributed
+
+    try:
+        k, n = distributed.parse_shard(text) if text else (0, 1)
+        rank, world = distributed.rank(), distributed.world_size()
+    except ValueError as err:
+        raise InputError(None, str(err)) from None
+    return k * world + rank, n * world
 
 
 def _export(args: argparse.Namespace) -> int:
