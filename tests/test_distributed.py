@@ -112,3 +112,35 @@ def test_rank_and_world_come_from_torchrun_variables_before_a_group_exists(monke
     monkeypatch.delenv("WORLD_SIZE")
     assert (distributed.rank(), distributed.world_size(), distributed.is_main()) == (0, 1, True)
     assert distributed.backend() == ("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def test_ddp_evaluate_overlay_gives_the_single_process_results_written_once(tiny_cohort, tmp_path):
+    from mrivol_monai.networks import UNet2d
+
+    data_dir, datalist = tiny_cohort
+    torch.manual_seed(0)
+    net = UNet2d(1, 2, ed_blocks=2, width=4)
+    with torch.no_grad():
+        net.head.conv.bias.copy_(torch.tensor([0.0, 0.3]))  # so the random net marks part of the head
+    (tmp_path / "models").mkdir()
+    torch.save(net.state_dict(), tmp_path / "models" / "model.pt")
+    args = ["--dataset_dir", str(data_dir), "--datalist", str(datalist), "--ckpt_dir", str(tmp_path / "models"),
+            "--spatial_size", "[8,32,32]", "--network_def#ed_blocks", "2", "--network_def#width", "4",
+            # 5 training subjects as the evaluated set: 3 on rank 0, 2 on rank 1
+            "--validate#dataset#data", "$mrivol_monai.data.prepare.load_split(@datalist, 'training', @dataset_dir, 5)",
+            "--validate#handlers#3#plots", "false"]
+    base = [str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")]
+    single = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file", str(base),
+                             "--eval_dir", str(tmp_path / "single"), *args],
+                            cwd=REPO, env=torchrun_env(), capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    multi = subprocess.run(TORCHRUN + ["-m", "monai.bundle", "run", "evaluating", "--config_file",
+                                       str(base + [str(CONFIGS / "multi_gpu_evaluate.json")]),
+                                       "--eval_dir", str(tmp_path / "multi"), *args],
+                           cwd=REPO, env=torchrun_env(), capture_output=True, text=True, timeout=600)
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    for name in ("volumes.csv", "summary.json"):  # every subject once, in datalist order, same numbers
+        assert (tmp_path / "multi" / name).read_text() == (tmp_path / "single" / name).read_text()
+    summary = json.loads((tmp_path / "multi" / "summary.json").read_text())
+    assert summary["n_subjects"] == 5 and summary["complete"] is True
+    assert len(list((tmp_path / "multi").glob("events.out.tfevents.*"))) == 1
