@@ -42,10 +42,10 @@ from tqdm import tqdm
 
 from mrivol_monai.atomic_io import atomic_path
 from mrivol_monai.data.nifti_reader import read_nifti
+from mrivol_monai.distributed import shard as take_shard
 from mrivol_monai.errors import InputError
 from mrivol_monai.native_grid import CROP_MARGIN, GridMap, channel_argmax, model_input
 from mrivol_monai.networks import SliceSegmenter, fold_batch_norm
-from mrivol_monai.distributed import shard as take_shard
 from mrivol_monai.transforms import (
     CheckVolumed,
     HeadZScored,
