@@ -72,13 +72,13 @@ def device() -> torch.device:
     return torch.device(f"cuda:{local_rank()}") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def init() -> bool:
-    """Join the process group torchrun describes (``env://``) with :func:`backend`, once; on GPUs also make
-    :func:`device` the current CUDA device. Returns True when a group exists afterwards."""
+def init(backend_name: str | None = None) -> bool:
+    """Join the process group torchrun describes (``env://``) with ``backend_name`` (default :func:`backend`),
+    once; on GPUs also make :func:`device` the current CUDA device. Returns True when a group exists afterwards."""
     if not dist.is_initialized():
         if torch.cuda.is_available():
             torch.cuda.set_device(device())
-        dist.init_process_group(backend=backend())
+        dist.init_process_group(backend=backend_name or backend())
     return dist.is_initialized()
 
 

@@ -34,7 +34,7 @@ RANK_REPORT = {
         "$open(@ckpt_dir + '/../rank' + str(mrivol_monai.distributed.rank()) + '.json', 'w').write(json.dumps({"
         "'train': [type(h).__name__ for h in @train#handlers], 'validate': [type(h).__name__ for h in @validate#handlers],"
         "'tb_writer': @tb_writer is not None, 'checkpoint_saver': @train#checkpoint_saver is not None,"
-        "'world_size': mrivol_monai.distributed.world_size()}))",
+        "'world_size': mrivol_monai.distributed.world_size(), 'backend': @dist_backend}))",
     ],
     "+imports": ["$import json"],
 }
@@ -83,6 +83,7 @@ def test_ddp_overlay_trains_on_two_ranks_with_identical_weights_and_rank0_writes
 
     seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert seen[0]["world_size"] == seen[1]["world_size"] == 2
+    assert seen[0]["backend"] == ("nccl" if torch.cuda.is_available() else "gloo")
     assert seen[0]["tb_writer"] and seen[0]["checkpoint_saver"]
     assert WRITERS - {"ProgressBar"} <= set(seen[0]["train"]) | set(seen[0]["validate"])
     assert not seen[1]["tb_writer"] and not seen[1]["checkpoint_saver"]
@@ -144,3 +145,17 @@ def test_ddp_evaluate_overlay_gives_the_single_process_results_written_once(tiny
     summary = json.loads((tmp_path / "multi" / "summary.json").read_text())
     assert summary["n_subjects"] == 5 and summary["complete"] is True
     assert len(list((tmp_path / "multi").glob("events.out.tfevents.*"))) == 1
+
+
+def test_cli_shard_combines_array_job_shard_with_torchrun_rank(monkeypatch):
+    from mrivol_monai.cli import _shard
+    from mrivol_monai.errors import InputError
+
+    assert _shard(None) == (0, 1)
+    assert _shard("2/5") == (2, 5)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert _shard(None) == (1, 2)
+    assert _shard("1/3") == (3, 6)  # array task 1 of 3, rank 1 of 2: shard 3 of 6, disjoint from all others
+    with pytest.raises(InputError, match="expected K/N"):
+        _shard("half")
