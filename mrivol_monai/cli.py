@@ -2,6 +2,8 @@
 
     mrivol predict INPUT... --out DIR [--task brain|subcortical] [--model PATH] [--fine-model PATH]
                    [--backend torch|onnx] [--threads N] [--trust-bundle] [--series ID]
+                   [--shard K/N] [--overwrite]
+    torchrun --nproc_per_node=N -m mrivol_monai predict INPUT... --out DIR   (the scans split over N processes)
     mrivol export --format torchscript|onnx --out FILE [--task T] [--model PATH] [--trust-bundle]
     mrivol export-weights --task T --checkpoint bundle/models/model.pt [--config bundle/configs/train.json ...]
     mrivol bundle-model [--task T] [--bundle DIR]
@@ -60,6 +62,12 @@ def parser() -> argparse.ArgumentParser:
                            "or the start of it; without it such a folder is refused with the list of its series)")
     pred.add_argument("--no-qc", action="store_true", help="skip the QC PNGs")
     pred.add_argument("--quiet", action="store_true", help="no progress bar")
+    pred.add_argument("--shard", default=None, metavar="K/N",
+                      help="segment only shard K of N (0 <= K < N; every N-th scan from the K-th), e.g. "
+                           "--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; under torchrun each rank "
+                           "further takes its share of that shard")
+    pred.add_argument("--overwrite", action="store_true",
+                      help="redo scans that already have a row in volumes.csv and a mask (default: skip them)")
 
     exp = sub.add_parser("export", help="export a model to TorchScript or ONNX")
     exp.add_argument("--format", choices=FORMATS, required=True)
@@ -98,10 +106,23 @@ def _predict(args: argparse.Namespace) -> int:
     predictor = predictor_for(args.model, args.task, args.backend, args.fine_model, threads=threads,
                               trust_bundle=args.trust_bundle, series=args.series)
     result = predict(args.inputs, args.out, predictor=predictor, qc=not args.no_qc, progress=not args.quiet,
+                     shard=_shard(args.shard), overwrite=args.overwrite,
                      header=[*(predictor.model_lines() if hasattr(predictor, "model_lines") else [model_line(predictor)]),
                              f"threads: {threads} ({why})"])
     print(summary_line(result))
     return 1 if result.failed else 0
+
+
+def _shard(text: str | None) -> tuple[int, int]:
+    """``--shard K/N`` combined with this process's torchrun rank R of W -> shard (K * W + R, N * W)."""
+    from mrivol_monai import distributed
+
+    try:
+        k, n = distributed.parse_shard(text) if text else (0, 1)
+        rank, world = distributed.rank(), distributed.world_size()
+    except ValueError as err:
+        raise InputError(None, str(err)) from None
+    return k * world + rank, n * world
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -8,7 +8,10 @@ own voxel grid -> argmax. Both directions run through :mod:`mrivol_monai.native_
 those MONAI transforms and ``Invertd`` do without whole-volume copies (tests check it against them).
 Volumes are voxel counts of the native mask times the input's voxel volume. :func:`predict` runs that over
 many scans, writes ``<scan>_seg.nii.gz`` (the input's affine and shape), ``<scan>_qc.png`` and one
-``volumes.csv`` row per scan, and reports bad inputs one line each without stopping.
+``volumes.csv`` row per scan, and reports bad inputs one line each without stopping. It can take one shard
+of the scans (torchrun ranks, ``--shard K/N`` array jobs) and skips scans a previous or parallel run already
+finished (a row and a mask), so any number of processes and re-runs leave one row per scan
+(:mod:`mrivol_monai.volumes_csv`).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from tqdm import tqdm
 
 from mrivol_monai.atomic_io import atomic_path, write_atomic
 from mrivol_monai.data.nifti_reader import read_nifti
+from mrivol_monai.distributed import shard as take_shard
 from mrivol_monai.errors import InputError
 from mrivol_monai.native_grid import CROP_MARGIN, GridMap, channel_argmax, model_input
 from mrivol_monai.networks import SliceSegmenter, fold_batch_norm
@@ -55,6 +59,7 @@ from mrivol_monai.transforms import (
     keep_largest_components,
     largest_component_labels,
 )
+from mrivol_monai.volumes_csv import VolumesTable
 from mrivol_monai.weights import ModelSpec
 
 __all__ = [
@@ -480,20 +485,10 @@ def save_qc_png(image: np.ndarray, mask: np.ndarray, affine: np.ndarray, path: s
 
 
 def append_csv_row(path: str | os.PathLike, columns: Sequence[str], row: dict[str, object]) -> None:
-    """Append ``row`` to the CSV at ``path`` atomically: the old rows plus the new one go to a temp file that
-    is renamed over ``path``, so a crash leaves the file as it was before or after, never half a row.
+    """Make ``row`` the one row of its scan (first column) in the CSV at ``path``: appended under a lock shared
+    by all processes, or replacing the scan's earlier row (:class:`mrivol_monai.volumes_csv.VolumesTable`).
     A missing file is created with ``columns`` as header; a header that differs raises :class:`InputError`."""
-    path = Path(path)
-    old = path.read_text() if path.exists() else ""
-    header = ",".join(columns)
-    if old and old.splitlines()[0] != header:
-        raise InputError(path, f"has columns {old.splitlines()[0]!r}, expected {header!r} (another task? use another --out)")
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
-    if not old:
-        writer.writeheader()
-    writer.writerow(row)
-    write_atomic(path, old + buffer.getvalue())
+    VolumesTable(path, columns).put(row)
 
 
 def label_table(spec: Any) -> dict[str, dict[str, object]]:
@@ -510,7 +505,7 @@ def volume_columns(class_names: Sequence[str]) -> list[str]:
     return ["scan", "input", "mask"] + [f"{name}_ml" for name in class_names[1:]]
 
 
-def _check_out_dir(out: Path, csv_path: Path, columns: Sequence[str]) -> None:
+def _check_out_dir(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".mrivol-write-test.{os.getpid()}"
@@ -518,26 +513,24 @@ def _check_out_dir(out: Path, csv_path: Path, columns: Sequence[str]) -> None:
         probe.unlink()
     except OSError as err:
         raise InputError(out, f"output folder is not writable ({err.strerror or err})") from err
-    if csv_path.exists():
-        first = csv_path.read_text().splitlines()[:1]
-        if first and first[0] != ",".join(columns):
-            raise InputError(csv_path, f"has columns {first[0]!r}, expected {','.join(columns)!r} "
-                                       "(another task? use another --out)")
 
 
 @dataclass
 class PredictReport:
     """Outcome of :func:`predict`: rows written (one dict per scan, as in ``volumes.csv``), failures as
     ``(input, message)``, ``seconds`` per successful scan, folder files ``skipped`` as label maps
-    ``(path, reason)``."""
+    ``(path, reason)``, inputs ``done`` by an earlier run (not redone), and which ``shard`` (K, N) of the inputs
+    this process took."""
 
     rows: list[dict[str, object]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    done: list[str] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     csv_path: Path | None = None
     task: str = ""
     backend: str = ""
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    shard: tuple[int, int] = (0, 1)
 
 
 def predict(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, task: str | None = None,
@@ -545,15 +538,17 @@ def predict(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, task: s
             progress: bool = True, predictor: Predictor | None = None,
             report: Callable[[str], None] | None = None, header: Sequence[str] = (),
             fine_model: str | os.PathLike | None = None, trust_bundle: bool = False,
-            series: str | None = None) -> PredictReport:
-    """Segment every scan of ``inputs`` (see :func:`find_scans`) into ``out``.
+            series: str | None = None, shard: tuple[int, int] = (0, 1), overwrite: bool = False) -> PredictReport:
+    """Segment every scan of ``inputs`` (see :func:`find_scans`), or shard ``(K, N)`` of them (every N-th scan
+    from the K-th: the same split in every process given the same inputs), into ``out``.
 
     Writes ``<scan>_seg.nii.gz``, ``<scan>_qc.png`` (unless ``qc`` is False) and a row in ``volumes.csv`` per
     scan; ``labels.json`` names the mask's values. ``task`` subcortical runs two stages when a stage-2 model is
-    shipped or given as ``fine_model`` (:mod:`mrivol_monai.two_stage`). A bad scan is reported through
-    ``report`` (default: ``error: <path>: <problem>`` on stderr) and skipped; so are the ``header`` lines and
-    the label/mask files left out of folders (one line). A bad model or output folder raises
-    :class:`InputError` before any scan is read.
+    shipped or given as ``fine_model`` (:mod:`mrivol_monai.two_stage`). A scan that already has a row for the
+    same input and a mask in ``out`` (an earlier or parallel run) is skipped unless ``overwrite``; a redone
+    scan's row replaces its old one. A bad scan is reported through ``report`` (default: ``error: <path>:
+    <problem>`` on stderr) and skipped; so are the ``header`` lines and the label/mask files left out of
+    folders (one line). A bad model or output folder raises :class:`InputError` before any scan is read.
     """
     say = report or (lambda msg: tqdm.write(msg, file=sys.stderr))
     out = Path(out)
@@ -562,25 +557,38 @@ def predict(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, task: s
 
         predictor = predictor_for(model, task, backend, fine_model, trust_bundle=trust_bundle, series=series)
     columns = volume_columns(getattr(predictor, "volume_names", predictor.spec.class_names))
-    result = PredictReport(csv_path=out / VOLUMES_CSV, task=predictor.spec.task, backend=predictor.backend)
-    _check_out_dir(out, result.csv_path, columns)
+    result = PredictReport(csv_path=out / VOLUMES_CSV, task=predictor.spec.task, backend=predictor.backend,
+                           shard=tuple(shard))
+    _check_out_dir(out)
+    table = VolumesTable(result.csv_path, columns)
+    table.repair()  # header of another task -> InputError; a torn last line or duplicates from older versions
     write_atomic(out / LABELS_JSON, json.dumps(label_table(predictor.spec), indent=2) + "\n")
     for line in header:  # e.g. which model and how many threads, once the model and output folder are good
         say(line)
-    scans, result.skipped = discover_scans(inputs)
+    found, result.skipped = discover_scans(inputs)
     if result.skipped:
         say(skipped_line(result.skipped))
-    for item in tqdm(scans, desc=f"mrivol {predictor.spec.task}", unit="scan", disable=not progress, file=sys.stderr):
+    scans = take_shard(found, *shard)
+    desc = f"mrivol {predictor.spec.task}" + (f" shard {shard[0]}/{shard[1]}" if shard[1] > 1 else "")
+    for item in tqdm(scans, desc=desc, unit="scan", disable=not progress, file=sys.stderr):
         start = time.perf_counter()
+        mask_path = out / f"{item['scan']}{MASK_SUFFIX}"
         try:
+            done = table.get(item["scan"])
+            if done is not None and not overwrite and mask_path.is_file():
+                if os.path.realpath(done["input"]) != os.path.realpath(item["image"]):
+                    raise InputError(item["image"], f"scan id {item['scan']!r} is already in {result.csv_path} for "
+                                                    f"another input ({done['input']}); use another --out")
+                result.done.append(item["image"])
+                continue
             seg = predictor.segment(item["image"])
-            mask_path = save_mask(seg.mask, seg.affine, out / f"{item['scan']}{MASK_SUFFIX}")
+            save_mask(seg.mask, seg.affine, mask_path)
             if qc:
                 volumes = ", ".join(f"{k} {v:.1f} mL" for k, v in seg.volumes.items())
                 save_qc_png(seg.image, seg.mask, seg.affine, out / f"{item['scan']}{QC_SUFFIX}",
                             predictor.spec.class_names, f"{item['scan']}: {volumes}")
             row = volume_row(item["scan"], item["image"], str(mask_path), seg.volumes)
-            append_csv_row(result.csv_path, columns, row)
+            table.put(row)  # last: a scan counts as done only once its mask and QC picture are in place
         except InputError as err:
             result.failed.append((item["image"], str(err)))
             say(f"error: {err}")
@@ -639,8 +647,10 @@ def default_threads(requested: int | None = None) -> tuple[int, str]:
 
 def summary_line(result: PredictReport) -> str:
     """One line: how many scans worked and failed, the median time per scan, where the volumes are."""
-    n = len(result.rows) + len(result.failed)
+    n = len(result.rows) + len(result.failed) + len(result.done)
     timing = f"median {float(np.median(result.seconds)):.2f} s/scan" if result.seconds else "no timing"
-    return (f"{len(result.rows)}/{n} scans segmented ({result.task}, {result.backend} backend, {timing}), "
-            f"{len(result.failed)} failed; volumes in {result.csv_path}")
+    where = f"shard {result.shard[0]}/{result.shard[1]}: " if result.shard[1] > 1 else ""
+    skipped = f", {len(result.done)} already done (skipped; --overwrite redoes them)" if result.done else ""
+    return (f"{where}{len(result.rows)}/{n} scans segmented ({result.task}, {result.backend} backend, {timing}), "
+            f"{len(result.failed)} failed{skipped}; volumes in {result.csv_path}")
 

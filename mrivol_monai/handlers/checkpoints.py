@@ -205,7 +205,7 @@ class TrainingRunState:
     ``transforms`` (the training dataset or its transform chain).
     """
 
-    def __init__(self, evaluator: Engine, best_saver: CheckpointSaver, early_stop: Any = None,
+    def __init__(self, evaluator: Engine, best_saver: CheckpointSaver | None, early_stop: Any = None,
                  transforms: Any = None, trainer: Engine | None = None) -> None:
         self.evaluator, self.best_saver, self.early_stop = evaluator, best_saver, early_stop
         self.transforms, self.trainer = transforms, trainer
@@ -215,7 +215,7 @@ class TrainingRunState:
 
     def state_dict(self) -> dict[str, Any]:
         stopper = self._stopper()
-        best = self.best_saver._key_metric_checkpoint
+        best = getattr(self.best_saver, "_key_metric_checkpoint", None)  # None: no saver on this rank
         return {
             "train_best_metric": float(getattr(self.trainer.state, "best_metric", -1)) if self.trainer else -1.0,
             "train_best_metric_epoch": int(getattr(self.trainer.state, "best_metric_epoch", -1)) if self.trainer else -1,
@@ -235,7 +235,7 @@ class TrainingRunState:
         if self.trainer is not None:
             self.trainer.state.best_metric = state["train_best_metric"]
             self.trainer.state.best_metric_epoch = state["train_best_metric_epoch"]
-        best = self.best_saver._key_metric_checkpoint
+        best = getattr(self.best_saver, "_key_metric_checkpoint", None)
         if best is not None:
             best.load_state_dict({"_saved": [(p, f) for p, f in state["best_saved"]]})
         stopper = self._stopper()

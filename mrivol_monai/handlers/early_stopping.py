@@ -37,6 +37,9 @@ def only_handler(handlers: Sequence[Any], kind: type, where: Callable[[Any], boo
     return found[0]
 
 
-def best_model_saver(handlers: Sequence[Any]) -> CheckpointSaver:
-    """The validation handler that saves the best model (a ``CheckpointSaver`` with ``save_key_metric``)."""
+def best_model_saver(handlers: Sequence[Any], required: bool = True) -> CheckpointSaver | None:
+    """The validation handler that saves the best model (a ``CheckpointSaver`` with ``save_key_metric``); None
+    when it is absent and not ``required`` (ranks other than 0 of a distributed run write no files)."""
+    if not required and not any(isinstance(h, CheckpointSaver) for h in handlers):
+        return None
     return only_handler(handlers, CheckpointSaver, lambda h: getattr(h, "_key_metric_checkpoint", None) is not None)

@@ -263,6 +263,9 @@ class VolumeEstimationHandler:
     a half-written file; at ``COMPLETED`` the summary is marked complete, plots are drawn and the aggregates
     are logged to ``summary_writer`` (TensorBoard) as ``volume/<structure>/<statistic>``.
 
+    Under torch.distributed (``multi_gpu_evaluate.json``) every rank measures its share of the subjects; at the
+    end of the epoch rank 0 gathers all ranks' rows (back in datalist order) and alone writes the files.
+
     Args:
         output_dir: where results go (created).
         class_names: class id -> name, e.g. ``{"0": "background", "1": "brain"}``.
@@ -288,6 +291,7 @@ class VolumeEstimationHandler:
         self.pred_key, self.label_key, self.image_key = pred_key, label_key, image_key
         self.rows: list[dict[str, Any]] = []
         self.examples: list[dict[str, Any]] = []
+        self._subjects: list[list[dict[str, Any]]] = []  # rows per subject, in the order this rank saw them
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
@@ -295,7 +299,7 @@ class VolumeEstimationHandler:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
 
     def reset(self, engine: Engine | None = None) -> None:
-        self.rows, self.examples = [], []
+        self.rows, self.examples, self._subjects = [], [], []
 
     def add_subject(self, pred: torch.Tensor, label: torch.Tensor, subject: str | None = None, site: str = "",
                     image: torch.Tensor | None = None, native_label: str | os.PathLike | None = None) -> list[dict]:
@@ -307,6 +311,7 @@ class VolumeEstimationHandler:
             subject = subject.split(".nii")[0]
         rows = subject_rows(pred, label, self.class_names, str(subject), str(site), native_label)
         self.rows.extend(rows)
+        self._subjects.append(rows)
         if self.save_masks:
             ref = label if isinstance(label, MetaTensor) else pred
             for name, mask in (("pred", pred), ("label", label)):
@@ -315,7 +320,8 @@ class VolumeEstimationHandler:
                 _save_mask(mask, ref, out)
         if image is not None and len(self.examples) < self.n_examples:
             self.examples.append(_example_slice(image, label, pred, str(subject)))
-        self.write(complete=False)
+        if _world_size() == 1:  # with several ranks only rank 0 writes, once it has everyone's rows
+            self.write(complete=False)
         return rows
 
     def iteration_completed(self, engine: Engine) -> None:
@@ -334,7 +340,32 @@ class VolumeEstimationHandler:
         write_atomic(self.output_dir / "summary.md", summary_markdown(summary))
         return summary
 
+    def gather(self) -> bool:
+        """Under torch.distributed, collect every rank's subjects on all ranks (``rows`` and ``examples`` then
+        hold the whole set, in datalist order: DistributedSampler gives rank r the subjects r, r + W, ...;
+        a subject padded onto two ranks is kept once). Returns True on the rank that writes the files."""
+        world = _world_size()
+        if world == 1:
+            return True
+        import torch.distributed as dist
+
+        everyone: list[Any] = [None] * world
+        dist.all_gather_object(everyone, (self._subjects, self.examples))
+        subjects, examples, seen = [], [], set()
+        for k in range(max(len(groups) for groups, _ in everyone)):
+            for groups, _ in everyone:
+                if k < len(groups) and groups[k] and groups[k][0]["subject"] not in seen:
+                    seen.add(groups[k][0]["subject"])
+                    subjects.append(groups[k])
+        for k in range(self.n_examples):
+            examples += [ex[k] for _, ex in everyone if k < len(ex)]
+        self._subjects, self.rows = subjects, [row for group in subjects for row in group]
+        self.examples = examples[: self.n_examples]
+        return dist.get_rank() == 0
+
     def epoch_completed(self, engine: Engine) -> None:
+        if not self.gather():
+            return
         summary = self.write(complete=True)
         logger.info("volume estimation on %d subjects:\n%s", summary["n_subjects"], summary_markdown(summary))
         if self.plots and self.rows:
@@ -350,6 +381,12 @@ class VolumeEstimationHandler:
                     if math.isfinite(value):
                         self.summary_writer.add_scalar(f"volume/{s['structure']}/{name}", value, step)
             self.summary_writer.flush()
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _example_slice(image: torch.Tensor, label: torch.Tensor, pred: torch.Tensor, subject: str) -> dict[str, Any]:
