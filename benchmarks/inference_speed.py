@@ -13,6 +13,11 @@ Configurations: the default model (UNet2d, 4 ED blocks, width 16: the shipped ch
 otherwise the same network with random weights; time does not depend on the weights) on the torch and
 onnx backends, the paper-size UNet2d (5 ED blocks, width 64), and MONAI's 3D UNet (``unet3d``) on the
 same pipeline with the grid resized to 48x128x128 (its 4 stride-2 levels need sides divisible by 16).
+For the subcortical task: the grid model alone (``subcortical-grid-torch``, 5 classes back on the native grid)
+and both stages (``two-stage-torch``: grid model -> where the deep grey matter is -> 1 mm 88x96x96 box ->
+2.5D stage-2 UNet -> 11 left/right classes back on the native grid; :mod:`mrivol_monai.two_stage`), with the
+shipped checkpoints when present, else the same networks with random weights. "net s" of the two-stage row
+is stage 2's network on its box.
 
     python benchmarks/inference_speed.py            # 3 rounds x 5 runs each
     python benchmarks/inference_speed.py --rounds 5 --runs 3 --threads 2
@@ -44,6 +49,8 @@ CONFIGS = {
     "default-onnx": ("default", "onnx"),
     "paper-unet-torch": ("paper", "torch"),
     "unet3d-torch": ("unet3d", "torch"),
+    "subcortical-grid-torch": ("subcortical", "torch"),
+    "two-stage-torch": ("two_stage", "torch"),
 }
 NETWORKS = {
     "default": {"_target_": "mrivol_monai.networks.UNet2d", "in_channels": 1, "ed_blocks": 4, "width": 16},
@@ -84,6 +91,24 @@ def build_predictor(model: str, backend: str, seed: int, slices_per_call: int | 
         net, _ = load_model(None, "brain")
         return Predictor.from_model(None, "brain", backend, slices_per_call=slices_per_call), count_parameters(net), \
             "shipped"
+    if model == "subcortical":
+        net, _ = load_model(None, "subcortical")
+        return Predictor.from_model(None, "subcortical", backend, slices_per_call=slices_per_call), \
+            count_parameters(net), "shipped"
+    if model == "two_stage":
+        from mrivol_monai.two_stage import FINE_TASK, FineSegmenter, TwoStagePredictor
+
+        stage1 = Predictor.from_model(None, "subcortical", backend, slices_per_call=slices_per_call)
+        if default_checkpoint(FINE_TASK).is_file():
+            stage2, weights = FineSegmenter.from_model(None), "shipped"
+        else:
+            from mrivol_monai.deep_grey_box import BOX_SIZE, NUM_CLASSES
+
+            spec = task_spec(FINE_TASK, {**NETWORKS["default"], "in_channels": 3, "out_channels": NUM_CLASSES},
+                             spatial_size=list(BOX_SIZE))
+            stage2, weights = FineSegmenter(build_network(spec.network_def).eval(), spec), "random stage 2"
+        return TwoStagePredictor(stage1, stage2), count_parameters(stage1.network) + \
+            count_parameters(stage2.network), weights
     if model == "unet3d":
         net = build("unet3d", in_channels=1, out_channels=2).eval()
         predictor = Predictor(net, task_spec("brain", spatial_size=[48, 128, 128]))
@@ -133,11 +158,19 @@ def worker(name: str, scan: Path, runs: int, threads: int | str | None, seed: in
         if i:
             seconds.append(elapsed)
     rss_mb = peak_rss_mb()
-    image = predictor.model_input(scan)[0]
+    if hasattr(predictor, "stage2"):  # two stages: stage 2's network on its box
+        from mrivol_monai.two_stage import STAGE1_CENTRE_CLASSES, stage1_centre
+
+        image, affine, found = predictor.stage1.region(scan, STAGE1_CENTRE_CLASSES)
+        box_input = predictor.stage2.box_input(image, affine, stage1_centre(found, affine, str(scan)))[0]
+        run_network = lambda: predictor.stage2.probabilities(box_input)  # noqa: E731
+    else:
+        image = predictor.model_input(scan)[0]
+        run_network = lambda: predictor.logits(image)  # noqa: E731
     net_seconds = []
     for i in range(runs + 1):
         start = time.perf_counter()
-        predictor.logits(image)
+        run_network()
         if i:
             net_seconds.append(time.perf_counter() - start)
     return {"config": name, "params": params, "weights": weights, "seconds": seconds, "net_seconds": net_seconds,

@@ -424,6 +424,21 @@ class Predictor:
             raise RuntimeError(f"{path}: native mask has shape {mask.shape}, input has {image.shape}")
         return Segmentation(str(path), image, mask, affine, volumes_ml(mask, affine, self.spec.class_names))
 
+    def region(self, path: str | os.PathLike, classes: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One scan -> (stored voxels, affine, (X, Y, Z) bool native mask of the voxels where one of ``classes``
+        beats every other class).
+
+        One score (best of ``classes`` minus best of the rest) goes to the native grid through the two-class
+        path of :meth:`~mrivol_monai.native_grid.GridMap.to_native`, not all C classes: 0.04 s instead of
+        0.33-0.41 s for the five-class subcortical model on an IXI-size scan (1 thread, busy 2-core VM); the
+        region differed from the C-class argmax's in 30 of 32,051 voxels (ties at the border)."""
+        x, grid, image, affine = self.model_input(path)
+        probs = torch.softmax(self.logits(x).float(), dim=0)
+        wanted = torch.zeros(probs.shape[0], dtype=torch.bool)
+        wanted[list(classes)] = True
+        score = (probs[wanted].amax(dim=0) - probs[~wanted].amax(dim=0))[None]
+        return image, affine, grid.to_native(score) > 0
+
 
 def save_mask(mask: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> Path:
     """Write an (X, Y, Z) uint8 mask as NIfTI with ``affine`` (qform and sform), via a temp name + rename."""

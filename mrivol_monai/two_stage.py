@@ -1,8 +1,9 @@
 """Subcortical volumes in two stages: the whole-head grid model finds the deep grey matter, a 2.5D network
 segments left and right structures in the 1 mm box around it (:mod:`mrivol_monai.deep_grey_box`).
 
-Per scan: stage 1 (:class:`mrivol_monai.predict.Predictor` with the grid subcortical model) gives a native
-mask; the centroid of its thalamus, caudate and putamen voxels centres the box; the scan is resampled into
+Per scan: stage 1 (:class:`mrivol_monai.predict.Predictor` with the grid subcortical model) gives class
+probabilities on its grid; the centroid of the native voxels where thalamus, caudate or putamen wins
+(:meth:`~mrivol_monai.predict.Predictor.region`) centres the box; the scan is resampled into
 the box (trilinear), z-scored over its non-zero voxels, each of the D slices gets its two neighbours as
 channels, and stage 2 predicts (C, D, H, W) class probabilities slice by slice. Volumes in mL per structure
 and side: ``hard`` = native mask voxels x native voxel volume (the scores resampled onto the native grid,
@@ -41,8 +42,9 @@ def volume_names() -> list[str]:
 
 
 def stage1_centre(mask: np.ndarray, affine: np.ndarray, source: str) -> np.ndarray:
-    """(X, Y, Z) stage-1 class mask -> RAS centre of the box; :class:`InputError` if stage 1 found nothing."""
-    found = np.isin(mask, STAGE1_CENTRE_CLASSES)
+    """(X, Y, Z) stage-1 class mask (or a boolean mask of its thalamus, caudate and putamen voxels) -> RAS centre
+    of the box; :class:`InputError` if stage 1 found nothing."""
+    found = mask if mask.dtype == bool else np.isin(mask, STAGE1_CENTRE_CLASSES)
     if not found.any():
         raise InputError(source, "stage 1 found no thalamus, caudate or putamen: not a head T1, or the head crop "
                                  "failed; no subcortical volumes")
@@ -82,7 +84,7 @@ class FineSegmenter:
     def box_input(self, image: np.ndarray, affine: np.ndarray, centre: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         """(X, Y, Z) scan, its affine, RAS centre -> ((2n + 1, D, H, W) model input, (4, 4) box affine)."""
         grid = box.box_affine(centre, self.size)
-        x = box.to_box(image, affine, grid, self.size)
+        x = box.to_box(image, affine, grid, self.size, crop=True)
         x = torch.as_tensor(self.normalise(x[None]))
         return stack_neighbours(x, self.neighbours), grid
 
@@ -121,15 +123,15 @@ class TwoStagePredictor:
 
     def segment(self, path: str | os.PathLike) -> Segmentation:
         """One scan -> native (X, Y, Z) uint8 class indices and volumes (mL) named as :func:`volume_names`."""
-        first = self.stage1.segment(path)
-        centre = stage1_centre(first.mask, first.affine, str(path))
-        x, grid = self.stage2.box_input(first.image, first.affine, centre)
+        image, affine, found = self.stage1.region(path, STAGE1_CENTRE_CLASSES)
+        centre = stage1_centre(found, affine, str(path))
+        x, fine_grid = self.stage2.box_input(image, affine, centre)
         probs = self.stage2.probabilities(x)
-        mask = box.box_to_native(probs, grid, first.affine, first.image.shape)
-        hard = box.with_totals(box.hard_volumes_ml(mask, first.affine))
+        mask = box.box_to_native(probs, fine_grid, affine, image.shape)
+        hard = box.with_totals(box.hard_volumes_ml(mask, affine))
         soft = box.soft_volumes_ml(probs)
         volumes = {**hard, **{f"{name}_soft": v for name, v in soft.items()}}
-        return Segmentation(str(path), first.image, mask, first.affine, {k: volumes[k] for k in volume_names()})
+        return Segmentation(str(path), image, mask, affine, {k: volumes[k] for k in volume_names()})
 
 
 def predictor_for(model: str | os.PathLike | None = None, task: str | None = None, backend: str = "torch",

@@ -14,7 +14,7 @@ import torch
 from mrivol_monai import deep_grey_box as box
 from mrivol_monai.errors import InputError
 from mrivol_monai.networks import UNet2d
-from mrivol_monai.predict import Segmentation, predict
+from mrivol_monai.predict import predict
 from mrivol_monai.two_stage import FineSegmenter, TwoStagePredictor, stage1_centre, volume_names
 from mrivol_monai.weights import ModelSpec
 
@@ -115,7 +115,7 @@ def test_stage1_that_finds_nothing_is_one_line():
 
 
 class _FakeStage1:
-    """Stage 1 stand-in: a fixed native mask per scan (empty for scans named ``blank``)."""
+    """Stage 1 stand-in: a fixed native region per scan (empty for scans named ``blank``)."""
 
     backend = "torch"
 
@@ -123,13 +123,13 @@ class _FakeStage1:
         self.spec = type("Spec", (), {"task": "subcortical"})()
         self.affine = affine
 
-    def segment(self, path):
+    def region(self, path, classes):
         image = nib.load(path)
         data = np.asarray(image.dataobj)
-        mask = np.zeros(data.shape, np.uint8)
+        found = np.zeros(data.shape, bool)
         if "blank" not in str(path):
-            mask[28:32, 28:32, 28:32] = 1
-        return Segmentation(str(path), data, mask, image.affine, {})
+            found[28:32, 28:32, 28:32] = True
+        return data, image.affine, found
 
 
 def test_two_stage_predict_writes_left_right_mask_labels_and_soft_volumes_and_survives_a_bad_scan(tmp_path):
