@@ -85,8 +85,9 @@ def parser() -> argparse.ArgumentParser:
     wts.add_argument("--note", default="", help="how the checkpoint was produced (recorded in the JSON)")
 
     bun = sub.add_parser("bundle-model", help="write the shipped weights into the bundle as models/model.pt")
-    bun.add_argument("--task", choices=TASKS, default="brain",
-                     help="brain -> models/model.pt, subcortical -> models/subcortical/model.pt")
+    bun.add_argument("--task", choices=EXPORT_TASKS, default="brain",
+                     help="brain -> models/model.pt, subcortical -> models/subcortical/model.pt, subcortical_fine "
+                          "(stage 2) -> models/subcortical_fine/model.pt")
     bun.add_argument("--bundle", default=None,
                      help="bundle folder (default: '.' inside a bundle, 'bundle' from the repository root)")
     return top

@@ -102,7 +102,7 @@ def to_box(volume: np.ndarray | torch.Tensor, affine: np.ndarray, box: np.ndarra
     volume = np.asarray(volume)
     if crop:
         window = native_window(box, size, affine, volume.shape)
-        volume, affine = volume[window], shifted_affine(affine, window)
+        volume, affine = np.array(volume[window], dtype=np.float32), shifted_affine(affine, window)
     src = MetaTensor(torch.as_tensor(volume, dtype=torch.float32)[None],
                      affine=torch.as_tensor(affine, dtype=torch.float64))
     out = SpatialResample(mode=mode, padding_mode="zeros", dtype=torch.float32)(

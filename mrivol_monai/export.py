@@ -225,12 +225,16 @@ def export_weights(task: str, checkpoint: str | os.PathLike, config: str | os.Pa
 
 
 # where each task's bundle checkpoint lives (train.json's ckpt_dir, subcortical.json's for that task)
-BUNDLE_MODEL_PATHS = {"brain": Path("models") / "model.pt", "subcortical": Path("models") / "subcortical" / "model.pt"}
+BUNDLE_MODEL_PATHS = {"brain": Path("models") / "model.pt", "subcortical": Path("models") / "subcortical" / "model.pt",
+                      "subcortical_fine": Path("models") / "subcortical_fine" / "model.pt"}
+# the bundle configs that define each task's network (the stage-2 model's is an overlay of train.json)
+BUNDLE_MODEL_CONFIGS = {"subcortical_fine": ("train.json", "subcortical_fine.json")}
 
 
 def bundle_model(task: str = "brain", bundle_root: str | os.PathLike = "bundle") -> Path:
     """Write the shipped default of ``task`` into the bundle as ``<bundle_root>/models/model.pt``
-    (``models/subcortical/model.pt`` for subcortical): a bare state dict, the format MONAI's
+    (``models/subcortical/model.pt`` for subcortical, ``models/subcortical_fine/model.pt`` for the stage-2
+    model of ``configs/inference_two_stage.json``): a bare state dict, the format MONAI's
     ``CheckpointSaver`` writes for the best model and ``ckpt_export`` / ``CheckpointLoader`` read.
 
     The weights must load strictly into the network of ``<bundle_root>/configs/train.json`` for ``task``,
@@ -242,8 +246,9 @@ def bundle_model(task: str = "brain", bundle_root: str | os.PathLike = "bundle")
     if task not in BUNDLE_MODEL_PATHS:
         raise InputError(None, f"unknown task {task!r}; expected one of {', '.join(BUNDLE_MODEL_PATHS)}")
     shipped, _ = load_model(None, task)
-    config = Path(bundle_root) / "configs" / "train.json"
-    spec = spec_from_bundle_config(config, task)
+    configs = [Path(bundle_root) / "configs" / name for name in BUNDLE_MODEL_CONFIGS.get(task, ("train.json",))]
+    config = configs[-1]
+    spec = spec_from_bundle_config(configs if len(configs) > 1 else configs[0], task)
     net = build_network(spec.network_def, config)
     try:
         net.load_state_dict(shipped.state_dict(), strict=True)

@@ -15,13 +15,15 @@ written to ``labels.json`` beside it with their FreeSurfer ids).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.inferers import SliceInferer
-from monai.transforms import NormalizeIntensity
+from monai.transforms import MapTransform, NormalizeIntensity
 
 from mrivol_monai import deep_grey_box as box
 from mrivol_monai.errors import InputError
@@ -93,6 +95,43 @@ class FineSegmenter:
         with torch.inference_mode():
             logits = self.inferer(x[None], self.network)[0]
         return torch.softmax(logits.float(), dim=0)
+
+
+class DeepGreyBoxSegmentd(MapTransform):
+    """Bundle post-processing step (``configs/inference_two_stage.json``): stage 2 after the bundle's stage 1.
+
+    ``keys``: the stage-1 (C, X, Y, Z) class scores on the scan's native grid (after ``Invertd``), a MetaTensor
+    whose ``filename_or_obj`` names the scan. The centroid of the native voxels whose argmax is thalamus, caudate
+    or putamen centres the 1 mm box; the scan is read again as stored (the preprocessed image is on the model
+    grid), stage 2 segments the box, and the key is replaced by the (1, X, Y, Z) uint8 left/right class mask
+    (:data:`~mrivol_monai.deep_grey_box.CLASS_NAMES`) with the stage-1 meta (same affine and grid).
+    """
+
+    def __init__(self, keys: KeysCollection, fine_model: str | os.PathLike | None = None,
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.stage2 = FineSegmenter.from_model(fine_model)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        from mrivol_monai.data.nifti_reader import read_nifti
+        from mrivol_monai.native_grid import channel_argmax
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            scores = d[key]
+            meta = dict(scores.meta) if isinstance(scores, MetaTensor) else {}
+            source = str(meta.get("filename_or_obj", "<in memory>"))
+            image, affine = read_nifti(source)
+            if image.ndim == 4 and image.shape[3] == 1:
+                image = image[..., 0]
+            stage1 = channel_argmax(torch.as_tensor(scores).float().cpu())[0].numpy()
+            if stage1.shape != image.shape:
+                raise InputError(source, f"stage-1 mask {stage1.shape} is not on the scan's grid {image.shape}")
+            centre = stage1_centre(stage1, affine, source)
+            x, grid = self.stage2.box_input(image, affine, centre)
+            mask = box.box_to_native(self.stage2.probabilities(x), grid, affine, image.shape)
+            d[key] = MetaTensor(torch.from_numpy(mask)[None], meta=meta)
+        return d
 
 
 @dataclass

@@ -185,3 +185,36 @@ def test_training_boxes_hold_each_subjects_structures_and_keep_the_cohort_split(
     assert float(np.asarray(image.dataobj).std()) > 0
     again = deep_grey_boxes.ensure_boxes(cohort, tmp_path / "boxes", tmp_path / "fine.json")
     assert again == datalist and json.loads(again.read_text()) == content  # complete: not rewritten
+
+
+def test_bundle_stage_two_step_segments_the_box_centred_on_the_stage_one_argmax(tmp_path):
+    from monai.data import MetaTensor
+
+    from mrivol_monai.two_stage import DeepGreyBoxSegmentd
+
+    affine = _oblique_1mm_affine()
+    head = _blobs((60, 60, 60), affine, [((0, 0, 0), 100)], 25.0).astype(np.float32) + np.float32(1)
+    nib.save(nib.Nifti1Image(head, affine), str(tmp_path / "scan.nii.gz"))
+    torch.manual_seed(0)
+    net = UNet2d(in_channels=3, out_channels=box.NUM_CLASSES, ed_blocks=2, width=4).eval()
+    spec = ModelSpec("subcortical_fine", box.NUM_CLASSES, list(box.CLASS_NAMES),
+                     {"_target_": "UNet2d", "in_channels": 3, "out_channels": box.NUM_CLASSES, "ed_blocks": 2,
+                      "width": 4}, list(SMALL_BOX))
+    torch.save({"model": net.state_dict(), "meta": spec.to_dict()}, tmp_path / "fine.pt")
+    scores = torch.zeros((5, 60, 60, 60))
+    scores[0] = 1.0
+    scores[2, 20:30, 24:34, 28:38] = 2.0  # stage 1: caudate in one block, elsewhere background
+    meta = {"filename_or_obj": str(tmp_path / "scan.nii.gz"), "affine": torch.as_tensor(affine)}
+    out = DeepGreyBoxSegmentd("pred", fine_model=tmp_path / "fine.pt")({"pred": MetaTensor(scores, meta=meta)})
+    mask = out["pred"]
+    assert tuple(mask.shape) == (1, 60, 60, 60) and mask.dtype == torch.uint8
+    assert np.array_equal(np.asarray(mask.affine), affine)
+    fine = FineSegmenter.from_model(tmp_path / "fine.pt")
+    block = np.zeros((60, 60, 60), bool)
+    block[20:30, 24:34, 28:38] = True
+    x, grid = fine.box_input(head, affine, stage1_centre(block, affine, "scan"))
+    expected = box.box_to_native(fine.probabilities(x), grid, affine, head.shape)
+    assert np.array_equal(mask[0].numpy(), expected)
+    scores[2] = 0.0  # stage 1 found nothing: one line naming the scan
+    with pytest.raises(InputError, match="scan.nii.gz.*stage 1 found no"):
+        DeepGreyBoxSegmentd("pred", fine_model=tmp_path / "fine.pt")({"pred": MetaTensor(scores, meta=meta)})
