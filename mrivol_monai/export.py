@@ -258,4 +258,15 @@ def bundle_model(task: str = "brain", bundle_root: str | os.PathLike = "bundle")
     state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
     out = Path(bundle_root) / BUNDLE_MODEL_PATHS[task]
     out.parent.mkdir(parents=True, exist_ok=True)
+    if task in BUNDLE_MODEL_CONFIGS:  # its network is not train.json's: the spec goes beside the bare state dict
+        _write_atomic(out.with_suffix(".json"),
+                      lambda tmp: Path(tmp).write_text(json.dumps(shipped_spec_dict(task), indent=2) + "\n"))
     return _write_atomic(out, lambda tmp: torch.save(state, tmp))
+
+
+def shipped_spec_dict(task: str) -> dict:
+    """The spec (task, classes, network, grid) of the shipped ``task`` checkpoint, as its ``meta`` holds it."""
+    from mrivol_monai.weights import default_checkpoint
+
+    meta = torch.load(default_checkpoint(task), map_location="cpu", weights_only=True)["meta"]
+    return {k: v for k, v in meta.items() if k != "produced_by"}

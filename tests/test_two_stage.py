@@ -218,3 +218,40 @@ def test_bundle_stage_two_step_segments_the_box_centred_on_the_stage_one_argmax(
     scores[2] = 0.0  # stage 1 found nothing: one line naming the scan
     with pytest.raises(InputError, match="scan.nii.gz.*stage 1 found no"):
         DeepGreyBoxSegmentd("pred", fine_model=tmp_path / "fine.pt")({"pred": MetaTensor(scores, meta=meta)})
+
+
+def test_evaluate_two_stage_overlay_scores_both_stages_on_the_test_split(tiny_cohort, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from mrivol_monai.weights import task_spec
+
+    cohort, _ = tiny_cohort
+    repo = Path(__file__).resolve().parents[1]
+    torch.manual_seed(0)
+    grid = UNet2d(1, 5, ed_blocks=2, width=4)
+    with torch.no_grad():
+        grid.head.conv.bias.copy_(torch.tensor([0.0, 4.0, 0.0, 0.0, 0.0]))  # "thalamus" wherever there is head
+    spec = task_spec("subcortical", {"_target_": "mrivol_monai.networks.UNet2d", "in_channels": 1, "ed_blocks": 2,
+                                     "width": 4}, spatial_size=[8, 32, 32])
+    (tmp_path / "grid").mkdir()
+    torch.save({"model": grid.state_dict(), "meta": spec.to_dict()}, tmp_path / "grid" / "model.pt")
+    fine = UNet2d(in_channels=3, out_channels=box.NUM_CLASSES, ed_blocks=2, width=4)
+    fine_spec = ModelSpec("subcortical_fine", box.NUM_CLASSES, list(box.CLASS_NAMES),
+                          {"_target_": "UNet2d", "in_channels": 3, "out_channels": box.NUM_CLASSES, "ed_blocks": 2,
+                           "width": 4}, list(SMALL_BOX))
+    torch.save({"model": fine.state_dict(), "meta": fine_spec.to_dict()}, tmp_path / "fine.pt")
+    config = "['bundle/configs/train.json','bundle/configs/evaluate_two_stage.json']"
+    run = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", config,
+                          "--dataset_dir", str(cohort), "--ckpt_dir", str(tmp_path / "grid"),
+                          "--fine_ckpt_path", str(tmp_path / "fine.pt"), "--eval_dir", str(tmp_path / "eval")],
+                         cwd=repo, capture_output=True, text=True, timeout=300,
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "eval" / "two_stage_test.csv")))
+    tests = [r["subject"] for r in csv.DictReader(open(cohort / "cohort.csv")) if r["split"] == "test"]
+    assert tests and sorted({r["subject"] for r in rows}) == sorted(tests)
+    assert len(rows) == len(tests) * (box.NUM_CLASSES - 1)
+    assert all(0.0 <= float(r["dice"]) <= 1.0 and float(r["true_ml"]) >= 0.0 for r in rows)
+    assert "| thalamus_left |" in (tmp_path / "eval" / "two_stage_test.md").read_text()

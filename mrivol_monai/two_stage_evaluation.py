@@ -1,4 +1,5 @@
-"""Evaluate the two-stage subcortical predictor on a SynthIXI split against the native labels.
+"""Evaluate the two-stage subcortical predictor on a SynthIXI split against the native labels (what the bundle's
+``configs/evaluate_two_stage.json`` runs).
 
 For every subject of ``--split`` (default: test = IOP, held-out anatomy) in the cohort's ``cohort.csv``: run
 stage 1 (grid model) and stage 2 (1 mm box) as ``mrivol predict --task subcortical`` does, then compare the
@@ -7,8 +8,8 @@ soft volumes with the native label volumes (signed % error). Writes ``two_stage_
 subject and structure side) and ``two_stage_<split>.md`` (means per structure side) into ``--out``, and prints
 the Markdown table.
 
-    python docs/evaluate_two_stage.py --cohort bundle/data/synthixi --fine-model bundle/models/subcortical_fine/model.pt \
-        --out bundle/eval/subcortical_fine
+    python -m mrivol_monai.two_stage_evaluation --cohort bundle/data/synthixi \
+        --fine-model bundle/models/subcortical_fine/model.pt --out bundle/eval/subcortical_two_stage
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import os
 import sys
 import time
 from pathlib import Path
@@ -55,8 +57,8 @@ def evaluate(cohort: Path, split: str, model: str | None, fine_model: str | None
             dice = 2.0 * np.count_nonzero(pred & ref) / both if both else 1.0
             hard, soft, true = seg.volumes[name], seg.volumes[f"{name}_soft"], true_ml[name]
             rows.append({"subject": subject["subject"], "structure": name, "true_ml": true, "hard_ml": hard,
-                         "soft_ml": soft, "hard_pct_error": 100 * (hard - true) / true,
-                         "soft_pct_error": 100 * (soft - true) / true, "dice": dice, "seconds": seconds})
+                         "soft_ml": soft, "hard_pct_error": 100 * (hard - true) / true if true else float("nan"),
+                         "soft_pct_error": 100 * (soft - true) / true if true else float("nan"), "dice": dice, "seconds": seconds})
         print(f"[{number}/{len(subjects)}] {subject['subject']}: {seconds:.2f} s, Dice "
               + " ".join(f"{r['dice']:.2f}" for r in rows[-10:]), file=sys.stderr, flush=True)
     return rows
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="test", choices=("training", "validation", "test"))
     parser.add_argument("--model", default=None, help="stage-1 grid checkpoint (default: shipped)")
     parser.add_argument("--fine-model", default=None, help="stage-2 checkpoint (default: shipped)")
-    parser.add_argument("--out", default="bundle/eval/subcortical_fine")
+    parser.add_argument("--out", default="bundle/eval/subcortical_two_stage")
     parser.add_argument("--limit", type=int, default=None)
     args = parser.parse_args(argv)
     try:
@@ -93,16 +95,30 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    out = Path(args.out)
+    print(write_report(rows, args.split, args.out))
+    return 0
+
+
+def write_report(rows: list[dict], split: str, out: str | os.PathLike) -> str:
+    """Write ``two_stage_<split>.csv`` and ``.md`` into ``out`` (atomically); return the Markdown table."""
+    out = Path(out)
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=COLUMNS)
     writer.writeheader()
     writer.writerows({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
-    write_atomic(out / f"two_stage_{args.split}.csv", text.getvalue())
-    table = summary_markdown(rows, args.split)
-    write_atomic(out / f"two_stage_{args.split}.md", table)
+    write_atomic(out / f"two_stage_{split}.csv", text.getvalue())
+    table = summary_markdown(rows, split)
+    write_atomic(out / f"two_stage_{split}.md", table)
+    return table
+
+
+def run(cohort: str | os.PathLike, model: str | None, fine_model: str | None, out: str | os.PathLike,
+        split: str = "test", limit: int | None = None) -> str:
+    """Bundle entry point: evaluate ``split`` of ``cohort`` with both stages and write the report into ``out``."""
+    table = write_report(evaluate(Path(cohort), split, model and str(model), fine_model and str(fine_model), limit),
+                         split, out)
     print(table)
-    return 0
+    return table
 
 
 if __name__ == "__main__":
