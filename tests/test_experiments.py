@@ -273,3 +273,39 @@ def test_report_writes_into_the_runs_folder_and_never_empties_a_report(tmp_path,
     assert err.startswith(f"error: {doc}: no experiment results under {runs}; not overwriting") and "\n" not in err
     assert doc.read_text() == "# Results\n\nE1 table that took a day to compute\n"
     assert committed.stat().st_mtime_ns == before
+
+
+def _fake_logs(run_dir: Path, train: dict[int, float], val: dict[int, float], max_epochs: int) -> None:
+    """TensorBoard logs and timing.json as a finished training leaves them (steps are trainer epochs)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run_dir / "logs"))
+    for epoch, dice in train.items():
+        writer.add_scalar("train_mean_dice", dice, epoch)
+    for epoch, dice in val.items():
+        writer.add_scalar("val_mean_dice", dice, epoch)
+    writer.close()
+    (run_dir / "timing.json").write_text(json.dumps({
+        "train_seconds": 1.0, "params": 10, "n_train_subjects": 4, "slices_per_volume": 2, "max_epochs": max_epochs,
+        "task": "brain", "spatial_size": [8, 32, 32]}))
+
+
+def test_collect_maps_validations_to_epochs_at_val_interval_2(tmp_path):
+    """Validation every 2nd epoch logs at epochs 2, 4, 6: the best (epoch 4) takes epoch 4's train Dice, not the
+    train Dice of the 2nd list entry (epoch 2), which is what indexing the validation list gave."""
+    spec = runner.RunSpec("E4", "unet", 0, tmp_path / "run", ("experiments/ed5.json",), evaluate=False)
+    spec.run_dir.mkdir()
+    train = {1: 0.10, 2: 0.20, 3: 0.30, 4: 0.40, 5: 0.50, 6: 0.60}
+    _fake_logs(spec.run_dir, train, {2: 0.50, 4: 0.80, 6: 0.70}, max_epochs=6)
+    r = runner.collect(spec)
+    assert r["best_epoch"] == 4 and r["val_dice"] == pytest.approx(0.80)
+    assert r["train_dice"] == pytest.approx(0.40)  # the old code gave 0.20 (epoch 2)
+    assert r["epochs"] == 6 and r["early_stopped"] is False
+    assert r["val_curve"] == [[2, pytest.approx(0.5)], [4, pytest.approx(0.8)], [6, pytest.approx(0.7)]]
+    # stopped early at epoch 4 of 10: epochs counts trainer epochs, not validations
+    spec2 = runner.RunSpec("E4", "unet", 1, tmp_path / "run2", ("experiments/ed5.json",), evaluate=False)
+    spec2.run_dir.mkdir()
+    _fake_logs(spec2.run_dir, {1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4}, {2: 0.6, 4: 0.6}, max_epochs=10)
+    r2 = runner.collect(spec2)
+    assert r2["epochs"] == 4 and r2["early_stopped"] is True and r2["best_epoch"] == 2
+    assert r2["train_dice"] == pytest.approx(0.2)
