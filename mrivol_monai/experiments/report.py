@@ -1,6 +1,8 @@
 """Assemble every experiment's tables and plots under ``runs/`` into one Markdown report with the hardware,
-the settings actually run, a per-experiment check of the paper's finding computed from the numbers, and
-(optionally) a hand-written paragraph per experiment read from a discussion file (``## E1`` ... sections)."""
+the settings actually run, the rules for which runs count (:mod:`.convergence`) and how findings are judged
+(:mod:`.verdicts`), a per-experiment check of the paper's numbers, a verdict table per experiment and
+(optionally) a hand-written paragraph per experiment read from a discussion file (``## E1`` ... sections),
+placed after the verdicts it has to follow."""
 
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from mrivol_monai.errors import InputError
+from mrivol_monai.experiments import convergence, verdicts
 from mrivol_monai.experiments.aggregate import load_results, results_markdown, write_tables
-from mrivol_monai.experiments.variants import EXPERIMENTS, Experiment
+from mrivol_monai.experiments.variants import EXPERIMENTS, MARGINS_DECLARED, Experiment
 from mrivol_monai.atomic_io import write_atomic
 
 __all__ = ["hardware", "findings", "build_report", "load_discussion", "write_report"]
@@ -136,6 +139,10 @@ def build_report(out: str | os.PathLike, img_dir: str | os.PathLike | None = Non
     ``img_dir`` (linked relative to it) when given; ``discussion[key]`` follows the computed check."""
     lines = [f"# {title}", "", intro, "", f"Hardware: {hardware()}.", ""] if intro else \
         [f"# {title}", "", f"Hardware: {hardware()}.", ""]
+    lines += ["## How runs count and how findings are judged", "",
+              f"Convergence ({convergence.__name__}.RULE): {convergence.RULE.text()}", "",
+              f"Verdicts ({verdicts.__name__}; vocabulary: {', '.join(verdicts.VOCABULARY)}; margins declared "
+              f"{MARGINS_DECLARED}): {verdicts.RULE_TEXT}", ""]
     for key, exp in EXPERIMENTS.items():
         results = load_results(Path(out) / key)
         if not results:
@@ -143,9 +150,12 @@ def build_report(out: str | os.PathLike, img_dir: str | os.PathLike | None = Non
             continue
         rows = write_tables(key, out)
         seeds = sorted({r["seed"] for r in results})
+        judged = verdicts.verdicts(exp, results)
         lines += [results_markdown(exp, rows).rstrip(), "",
                   f"Runs: {len(results)} ({len(rows)} variants, seeds {seeds}). Settings: {_settings_line(results)}.",
                   "", f"Check against the paper (computed): {findings(exp, rows)}", ""]
+        if judged:
+            lines += [f"**Verdicts ({key})**", ""] + verdicts.verdicts_markdown(judged)
         if discussion and discussion.get(key):
             lines += [f"**Does the paper's finding hold here?** {discussion[key]}", ""]
         png = Path(out) / key / "results.png"
