@@ -468,3 +468,47 @@ def test_decide_refutes_by_the_written_rule():
     unclear = stats.PairedResult(20, 0.005, -0.01, 0.02, 0.3, 0.2)
     verdict, reason = verdicts.decide(better, unclear, 0.3, 0.2)
     assert verdict == "not tested" and reason.startswith("inconclusive")
+
+
+def _volumes_csv(path: Path, rows: list[tuple[str, int, str, float, float, float]]) -> None:
+    """eval/volumes.csv with (subject, class index, structure, dice, grid % error, resampling % error) rows."""
+    from mrivol_monai.handlers.volume_estimation import COLUMNS
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for subject, c, name, dice, err, floor in rows:
+            writer.writerow({k: "" for k in COLUMNS} | {
+                "subject": subject, "site": "HH", "class_index": c, "structure": name, "pred_voxels": 1,
+                "true_voxels": 1, "dice": dice, "pct_error_voxels": err, "resampling_pct_error": floor,
+                "estimate": "over"})
+
+
+_EVAL_ROWS = [("s1", 0, "background", 0.99, 0.1, 0.01), ("s1", 1, "brain", 0.90, -2.0, 1.2),
+              ("s2", 0, "background", 0.99, 0.1, 0.01), ("s2", 1, "brain", 0.80, 4.0, 1.8)]
+
+
+def test_collect_keeps_per_subject_scores_and_the_resampling_floor(tmp_path):
+    spec = runner.RunSpec("E1", "none", 0, tmp_path / "run", ("experiments/e1_none.json",))
+    spec.run_dir.mkdir()
+    _fake_logs(spec.run_dir, {1: 0.5, 2: 0.6}, {1: 0.7, 2: 0.8}, max_epochs=2)
+    _volumes_csv(spec.run_dir / "eval" / "volumes.csv", _EVAL_ROWS)
+    (spec.run_dir / "eval" / "summary.json").write_text(json.dumps({
+        "n_subjects": 2, "mean_dice_foreground": 0.85, "structures": [
+            {"structure": "background", "dice_mean": 0.99, "voxels": {"signed_pct_mean": 0.1, "abs_pct_mean": 0.1}},
+            {"structure": "brain", "dice_mean": 0.85, "voxels": {"signed_pct_mean": 1.0, "abs_pct_mean": 3.0}}]}))
+    r = runner.collect(spec)
+    assert r["per_subject"] == {"s1": {"dice": pytest.approx(0.9), "vol_abs_pct": pytest.approx(2.0)},
+                                "s2": {"dice": pytest.approx(0.8), "vol_abs_pct": pytest.approx(4.0)}}
+    assert r["vol_floor_signed_pct"] == pytest.approx(1.5)  # brain: mean of +1.2 and +1.8
+    assert r["structures"]["brain"]["floor_signed_pct"] == pytest.approx(1.5)
+    assert r["vol_abs_pct_mean"] == pytest.approx(3.0)
+    # a result.json written before collect kept these gets them from eval/volumes.csv when read
+    old = {k: v for k, v in r.items() if k not in ("per_subject", "vol_floor_signed_pct")}
+    old["structures"] = {n: {k: v for k, v in s.items() if k != "floor_signed_pct"} for n, s in r["structures"].items()}
+    target = tmp_path / "runs" / "E1" / "none" / "seed0"
+    _volumes_csv(target / "eval" / "volumes.csv", _EVAL_ROWS)
+    (target / runner.RESULT_FILE).write_text(json.dumps(old))
+    (loaded,) = aggregate.load_results(tmp_path / "runs" / "E1")
+    assert loaded["per_subject"] == r["per_subject"] and loaded["vol_floor_signed_pct"] == pytest.approx(1.5)
