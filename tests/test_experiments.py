@@ -453,6 +453,13 @@ def test_verdicts_for_better_equivalent_and_collapsed_comparisons(tmp_path, caps
     assert "| **not tested** | unet_ed7: not run |" in table["E2.unet_plateau7"]
     fcn7 = next(line for line in e2.splitlines() if line.startswith("| 7 |") and "3 collapsed" in line)
     assert "2/5 (3 collapsed)" in fcn7
+    # every finding of the paper has a verdict line at the top, unrun experiments included
+    summary = text[text.index("## Verdicts"):text.index("### E1")]
+    assert summary.count("\n| E") == sum(len(e.findings) for e in EXPERIMENTS.values())
+    assert "| E2.unet_depth | UNet: 4 ED blocks beat 2 (0.939 vs 0.872) | reproduced |" in summary
+    assert "| E4.unet_fcn | UNet beats FCN (0.939 vs 0.890) | not tested |" in summary
+    e4 = text[text.index("### E4"):text.index("### E5")]
+    assert "Not run yet." in e4 and "| **not tested** | unet: not run; fcn: not run |" in e4
 
 
 def test_decide_refutes_by_the_written_rule():
