@@ -384,7 +384,8 @@ def _fake_run(runs: Path, exp: str, variant: str, seed: int, scores: dict[str, f
     record = {"experiment": exp, "variant": variant, "label": variant, "seed": seed, "settings": {"epochs": 10},
               **_history(val, early=early), "test_dice": float(np.mean(list(scores.values()))), "params": 1000,
               "train_seconds": 10.0, "n_train_subjects": 4, "n_test_subjects": len(scores),
-              "vol_floor_signed_pct": 1.5, "per_subject": {s: {"dice": d, "vol_abs_pct": 3.0} for s, d in scores.items()}}
+              "vol_floor_signed_pct": 1.5,
+              "per_subject": {s: {"dice": d, "vol_abs_pct": 3.0} for s, d in scores.items()}}
     (run_dir / runner.RESULT_FILE).write_text(json.dumps(record))
 
 

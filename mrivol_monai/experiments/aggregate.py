@@ -31,8 +31,8 @@ __all__ = ["METRICS", "STRUCTURE_METRICS", "describe", "load_results", "aggregat
            "results_markdown", "plot", "runs_cell", "write_tables"]
 
 METRICS = ("test_dice", "val_dice", "train_dice", "vol_abs_pct_mean", "vol_abs_pct_std", "vol_signed_pct_mean",
-           "vol_floor_signed_pct", "params", "train_seconds", "eval_seconds", "wall_seconds", "cpu_seconds", "epochs", "best_epoch",
-           "peak_rss_mb", "n_data_points")
+           "vol_floor_signed_pct", "params", "train_seconds", "eval_seconds", "wall_seconds", "cpu_seconds", "epochs",
+           "best_epoch", "peak_rss_mb", "n_data_points")
 STRUCTURE_METRICS = ("dice", "signed_pct_mean", "abs_pct_mean", "abs_pct_std", "floor_signed_pct")
 _STATS = ("mean", "std", "ci95_low", "ci95_high")
 # a table column's run-level metric -> the per-structure metric it means in a per-structure table

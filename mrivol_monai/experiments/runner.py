@@ -39,8 +39,7 @@ from mrivol_monai.experiments.variants import Profile, get_experiment, select_va
 from mrivol_monai.atomic_io import json_safe, write_atomic
 
 __all__ = ["RunFailed", "RunSpec", "BUNDLE", "CONFIGS", "RESULT_FILE", "cache_overlay", "warm_cache", "plan", "run_all", "run_one",
-           "collect", "execute_run", "read_scalar_steps", "read_scalars", "resampling_floor",
-           "subject_scores"]
+           "collect", "execute_run", "read_scalar_steps", "read_scalars", "resampling_floor", "subject_scores"]
 
 logger = logging.getLogger(__name__)
 
