@@ -16,6 +16,7 @@ from monai.bundle import ConfigParser
 from mrivol_monai.errors import InputError
 from mrivol_monai.experiments import __main__ as cli
 from mrivol_monai.experiments import aggregate, convergence, grid_search, report, runner, stats, verdicts
+from mrivol_monai.experiments import variants
 from mrivol_monai.experiments.variants import EXPERIMENTS, PROFILES, select_variants
 from mrivol_monai.networks import FCN2d, SegNet2d, UNet2d, count_parameters
 from mrivol_monai.transforms.slab_sampling import NeighbourSlicesd, stack_neighbours
@@ -520,3 +521,13 @@ def test_collect_keeps_per_subject_scores_and_the_resampling_floor(tmp_path):
     (target / runner.RESULT_FILE).write_text(json.dumps(old))
     (loaded,) = aggregate.load_results(tmp_path / "runs" / "E1")
     assert loaded["per_subject"] == r["per_subject"] and loaded["vol_floor_signed_pct"] == pytest.approx(1.5)
+
+
+def test_every_finding_names_variants_of_its_experiment_and_a_margin():
+    for exp in EXPERIMENTS.values():
+        names = {v.name for v in exp.variants}
+        assert exp.findings, exp.key
+        for f in exp.findings:
+            assert f.key.startswith(exp.key + ".") and {f.a, f.b} <= names and f.margin > 0, f
+    with pytest.raises(ValueError, match="E9.x: kind must be"):
+        variants.Finding("E9.x", "claim", "worse", "a", "b", "dice", 0.01)
