@@ -46,7 +46,8 @@ def hodges_lehmann(d: Sequence[float], confidence: float = 0.95) -> tuple[float,
     """Paired differences (N,) -> (estimate, low, high): the median of the N(N+1)/2 Walsh averages
     (d_i + d_j) / 2, i <= j, and the distribution-free interval [W_(k), W_(M+1-k)] of the sorted Walsh averages,
     k the largest rank with P(T+ <= k - 1) <= (1 - confidence) / 2 under the exact null of T+ (coverage at
-    least ``confidence``). When N is too small for that (N <= 5 at 95 %) the interval is (-inf, inf)."""
+    least ``confidence`` for continuous, untied differences; with ties it is approximate). When N is too small
+    for that (N <= 5 at 95 %) the interval is (-inf, inf)."""
     x = np.asarray([v for v in d if math.isfinite(v)], dtype=np.float64)
     n = x.size
     if n == 0:
