@@ -4,13 +4,14 @@ then rename it into place. Every results, mask, manifest and plot writer in the 
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "plain_name", "write_atomic"]
+__all__ = ["atomic_path", "json_safe", "plain_name", "write_atomic"]
 
 
 def _usual_mode() -> int:
@@ -59,3 +60,14 @@ def plain_name(name: str) -> str:
     if os.altsep:
         out = out.replace(os.altsep, "_")
     return out.lstrip(". ") or "_"
+
+
+def json_safe(x: object) -> object:
+    """NaN/inf -> None, through nested dicts and lists, so results files stay strict JSON."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [json_safe(v) for v in x]
+    return x

@@ -15,7 +15,8 @@ from monai.bundle import ConfigParser
 
 from mrivol_monai.errors import InputError
 from mrivol_monai.experiments import __main__ as cli
-from mrivol_monai.experiments import aggregate, grid_search, report, runner
+from mrivol_monai.experiments import aggregate, convergence, grid_search, report, runner, stats, verdicts
+from mrivol_monai.experiments import variants
 from mrivol_monai.experiments.variants import EXPERIMENTS, PROFILES, select_variants
 from mrivol_monai.networks import FCN2d, SegNet2d, UNet2d, count_parameters
 from mrivol_monai.transforms.slab_sampling import NeighbourSlicesd, stack_neighbours
@@ -134,6 +135,7 @@ def test_describe_gives_sample_std_and_t_interval():
 def test_profiles_and_variant_selection():
     quick, paper = PROFILES["quick"], PROFILES["paper"]
     assert paper.repeats == 10 and paper.settings["network_def#width"] == 64
+    assert quick.repeats >= 5 and quick.repeats >= verdicts.MIN_RUNS  # enough seeds for the verdicts' tests
     names = [v.name for v in select_variants(EXPERIMENTS["E2"], quick)]
     assert "unet_width64" not in names and "unet_ed2" in names
     assert [v.name for v in select_variants(EXPERIMENTS["E2"], paper)][-1] == "unet_width64"
@@ -178,8 +180,10 @@ def _mtimes(out: Path) -> dict[str, int]:
 
 
 @pytest.mark.slow
-def test_tiny_study_tables_aggregates_and_resume(tiny_cohort, tmp_path):
+def test_tiny_study_tables_aggregates_and_resume(tiny_cohort, tmp_path, monkeypatch):
     data_dir, datalist = tiny_cohort
+    # one epoch at a one-epoch cap never converges by the rule; here every run counts, to check the arithmetic
+    monkeypatch.setattr(aggregate, "run_status", lambda r: ("converged", "counted by this test"))
     out = tmp_path / "runs"
     args = ["run", "E1", "--variants", "none,mix", "--repeats", "2", "--out", str(out), "--jobs", "2",
             "--threads", "1", "--set", f"dataset_dir={data_dir}", "--set", f"datalist={datalist}",
@@ -273,3 +277,257 @@ def test_report_writes_into_the_runs_folder_and_never_empties_a_report(tmp_path,
     assert err.startswith(f"error: {doc}: no experiment results under {runs}; not overwriting") and "\n" not in err
     assert doc.read_text() == "# Results\n\nE1 table that took a day to compute\n"
     assert committed.stat().st_mtime_ns == before
+
+
+def _fake_logs(run_dir: Path, train: dict[int, float], val: dict[int, float], max_epochs: int) -> None:
+    """TensorBoard logs and timing.json as a finished training leaves them (steps are trainer epochs)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run_dir / "logs"))
+    for epoch, dice in train.items():
+        writer.add_scalar("train_mean_dice", dice, epoch)
+    for epoch, dice in val.items():
+        writer.add_scalar("val_mean_dice", dice, epoch)
+    writer.close()
+    (run_dir / "timing.json").write_text(json.dumps({
+        "train_seconds": 1.0, "params": 10, "n_train_subjects": 4, "slices_per_volume": 2, "max_epochs": max_epochs,
+        "task": "brain", "spatial_size": [8, 32, 32]}))
+
+
+def test_collect_maps_validations_to_epochs_at_val_interval_2(tmp_path):
+    """Validation every 2nd epoch logs at epochs 2, 4, 6: the best (epoch 4) takes epoch 4's train Dice, not the
+    train Dice of the 2nd list entry (epoch 2), which is what indexing the validation list gave."""
+    spec = runner.RunSpec("E4", "unet", 0, tmp_path / "run", ("experiments/ed5.json",), evaluate=False)
+    spec.run_dir.mkdir()
+    train = {1: 0.10, 2: 0.20, 3: 0.30, 4: 0.40, 5: 0.50, 6: 0.60}
+    _fake_logs(spec.run_dir, train, {2: 0.50, 4: 0.80, 6: 0.70}, max_epochs=6)
+    r = runner.collect(spec)
+    assert r["best_epoch"] == 4 and r["val_dice"] == pytest.approx(0.80)
+    assert r["train_dice"] == pytest.approx(0.40)  # the old code gave 0.20 (epoch 2)
+    assert r["epochs"] == 6 and r["early_stopped"] is False
+    assert r["val_curve"] == [[2, pytest.approx(0.5)], [4, pytest.approx(0.8)], [6, pytest.approx(0.7)]]
+    # stopped early at epoch 4 of 10: epochs counts trainer epochs, not validations
+    spec2 = runner.RunSpec("E4", "unet", 1, tmp_path / "run2", ("experiments/ed5.json",), evaluate=False)
+    spec2.run_dir.mkdir()
+    _fake_logs(spec2.run_dir, {1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4}, {2: 0.6, 4: 0.6}, max_epochs=10)
+    r2 = runner.collect(spec2)
+    assert r2["epochs"] == 4 and r2["early_stopped"] is True and r2["best_epoch"] == 2
+    assert r2["train_dice"] == pytest.approx(0.2)
+
+
+def test_holm_matches_a_hand_computed_example():
+    # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 -> running max 0.02, 0.03, 0.06, 0.06
+    assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert stats.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    adjusted = stats.holm([0.02, math.nan, 0.01])  # NaN is not a test: m = 2
+    assert adjusted[0] == pytest.approx(0.02) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.02)
+
+
+def test_hodges_lehmann_is_the_walsh_median_with_the_exact_interval():
+    # 21 Walsh averages of (-1, 2, 3, 5, 7, 10), sorted: -1, .5, 1, 2, 2, 2.5, 3, 3, 3.5, 4, 4.5 (11th), ...;
+    # n = 6: P(T+ <= 0) = 1/64 <= 0.025 < P(T+ <= 1) = 2/64, so k = 1: [smallest, largest] Walsh average
+    assert stats.hodges_lehmann([-1, 2, 3, 5, 7, 10]) == pytest.approx((4.5, -1.0, 10.0))
+    counts = stats.signed_rank_counts(4)  # T+ over 16 sign patterns of ranks 1..4
+    assert list(counts) == [1, 1, 1, 2, 2, 2, 2, 2, 1, 1, 1]
+    # tables of the signed-rank test, two-sided 5 %: critical T = 8 (n = 10), 52 (n = 20) -> k = T + 1
+    est, low, high = stats.hodges_lehmann(list(range(1, 11)))
+    walsh = sorted((i + j) / 2 for i in range(1, 11) for j in range(i, 11))
+    assert (est, low, high) == (5.5, walsh[8], walsh[55 - 9])
+    x = np.random.default_rng(0).normal(size=20)
+    walsh20 = sorted((x[i] + x[j]) / 2 for i in range(20) for j in range(i, 20))
+    assert stats.hodges_lehmann(x)[1:] == pytest.approx((walsh20[52], walsh20[210 - 53]))
+    est5, low5, high5 = stats.hodges_lehmann([1, 2, 3, 4, 5])  # n = 5: no 95 % interval exists
+    assert est5 == 3 and low5 == -math.inf and high5 == math.inf
+
+
+def test_wilcoxon_and_equivalence_p_values():
+    from scipy.stats import wilcoxon
+
+    assert stats.wilcoxon_p([1, 2, 3, 4, 5, 6]) == pytest.approx(2 / 64)  # all 6 positive: exact two-sided
+    assert stats.wilcoxon_p([0.0, 0.0, 0.0]) == 1.0
+    x = np.random.default_rng(1).normal(0.3, 1.0, size=15)
+    assert stats.wilcoxon_p(x) == pytest.approx(wilcoxon(x).pvalue)
+    # |d| < 0.01 for all 6: d + 0.01 all positive, d - 0.01 all negative -> each one-sided exact p = 1/64
+    assert stats.tost_p([0.001, -0.002, 0.0, 0.003, -0.001, 0.002], 0.01) == pytest.approx(1 / 64)
+    assert stats.tost_p([0.05] * 6, 0.01) == pytest.approx(1.0)  # far outside the margin
+    with pytest.raises(ValueError, match="margin"):
+        stats.tost_p([0.1], 0.0)
+    r = stats.paired([0.05, 0.04, 0.06, 0.05, 0.07, 0.03, 0.05, 0.04, 0.06, 0.05], 0.01)
+    assert r.n == 10 and r.effect == pytest.approx(0.05) and r.p_difference == pytest.approx(2 / 1024)
+    assert r.ci_low == pytest.approx(0.04) and r.ci_high == pytest.approx(0.06)
+
+
+def _history(val: list[float], max_epochs: int = 10, interval: int = 2, early: bool = False) -> dict:
+    epochs = len(val) * interval
+    return {"val_dice": max(val), "val_curve": [[interval * (i + 1), v] for i, v in enumerate(val)],
+            "epochs": epochs, "max_epochs": max_epochs, "early_stopped": early}
+
+
+def test_convergence_rule_on_synthetic_histories():
+    rule = convergence.ConvergenceRule(window=3, min_delta=0.002, collapse_floor=0.5)
+    status = lambda r: convergence.run_status(r, rule)[0]  # noqa: E731
+    assert status(_history([0.6, 0.7, 0.8], early=True, max_epochs=10)) == "converged"
+    assert status(_history([0.6, 0.80, 0.801, 0.800, 0.8015])) == "converged"  # flat: +0.0015 < 0.002
+    assert status(_history([0.6, 0.70, 0.75, 0.78, 0.80])) == "not converged"  # still rising at the cap
+    assert status(_history([0.6, 0.70, 0.80])) == "not converged"  # 3 validations: the flat test needs 4
+    assert status(_history([0.02, 0.03, 0.03, 0.03, 0.03])) == "collapsed"  # flat, but all-background
+    assert status(_history([0.0], early=True)) == "collapsed"
+    old = {"val_dice": 0.9, "epochs": 10, "max_epochs": 10, "early_stopped": False}  # result.json before val_curve
+    assert convergence.run_status(old, rule) == ("not converged", "hit the 10-epoch cap with no recorded "
+                                                                  "validations (the flat test needs 4)")
+    assert "below 0.5" in rule.text() and "last 3 validations" in rule.text()
+
+
+def _fake_run(runs: Path, exp: str, variant: str, seed: int, scores: dict[str, float], val: list[float],
+              early: bool = True) -> None:
+    run_dir = runs / exp / variant / f"seed{seed}"
+    run_dir.mkdir(parents=True)
+    record = {"experiment": exp, "variant": variant, "label": variant, "seed": seed, "settings": {"epochs": 10},
+              **_history(val, early=early), "test_dice": float(np.mean(list(scores.values()))), "params": 1000,
+              "train_seconds": 10.0, "n_train_subjects": 4, "n_test_subjects": len(scores),
+              "vol_floor_signed_pct": 1.5,
+              "per_subject": {s: {"dice": d, "vol_abs_pct": 3.0} for s, d in scores.items()}}
+    (run_dir / runner.RESULT_FILE).write_text(json.dumps(record))
+
+
+def test_aggregate_averages_converged_runs_only(tmp_path):
+    runs = tmp_path / "runs"
+    for seed, (test, val, early) in enumerate([(0.90, [0.8, 0.9], True), (0.80, [0.7, 0.85], True),
+                                               (0.05, [0.02, 0.03], True), (0.50, [0.6, 0.7, 0.8, 0.9], False)]):
+        _fake_run(runs, "E4", "unet", seed, {"s1": test, "s2": test}, val, early)
+    rows = aggregate.aggregate(EXPERIMENTS["E4"], aggregate.load_results(runs / "E4"))
+    (row,) = rows
+    assert (row["n_runs"], row["n_counted"], row["n_collapsed"], row["n_not_converged"]) == (4, 2, 1, 1)
+    assert row["seeds"] == [0, 1] and row["metrics"]["test_dice"]["mean"] == pytest.approx(0.85)
+    assert row["metrics"]["vol_floor_signed_pct"]["mean"] == pytest.approx(1.5)
+    assert aggregate.runs_cell(row) == "2/4 (1 collapsed, 1 not converged)"
+    md = aggregate.results_markdown(EXPERIMENTS["E4"], rows)
+    assert "| UNet | " in md and "2/4 (1 collapsed, 1 not converged) |" in md and "Resampling floor" in md
+
+
+def test_verdicts_for_better_equivalent_and_collapsed_comparisons(tmp_path, capsys):
+    """E2 on a made-up runs folder, 10 test subjects, 5 seeds: 4 ED blocks beat 2 by 0.05 Dice on every subject
+    (reproduced), 5 blocks are within 0.002 of 4 (equivalence within the 0.01 margin: reproduced), FCN 7 blocks
+    collapse in 3 of 5 seeds (not tested), UNet 7 blocks never ran (not tested)."""
+    runs = tmp_path / "runs"
+    subjects = [f"sub{i:02d}" for i in range(10)]
+    base = {s: 0.85 + 0.01 * i for i, s in enumerate(subjects)}
+    wobble = [0.001, -0.001, 0.0015, -0.0005, 0.0]  # per seed, |.| < margin
+    for seed in range(5):
+        w = wobble[seed]
+        _fake_run(runs, "E2", "unet_ed4", seed, {s: d + w for s, d in base.items()}, [0.8, 0.9])
+        _fake_run(runs, "E2", "unet_ed2", seed, {s: d - 0.05 + 0.002 * (i % 3) + w for i, (s, d) in
+                                                   enumerate(base.items())}, [0.7, 0.8])
+        _fake_run(runs, "E2", "unet_ed5", seed, {s: d + 0.0015 * ((i % 3) - 1) - w for i, (s, d) in
+                                                   enumerate(base.items())}, [0.8, 0.9])
+        _fake_run(runs, "E2", "fcn_ed5", seed, {s: d - 0.1 for s, d in base.items()}, [0.7, 0.8])
+        _fake_run(runs, "E2", "fcn_ed7", seed, {s: (0.0 if seed < 3 else d) for s, d in base.items()},
+                  [0.01, 0.02] if seed < 3 else [0.7, 0.8])
+    judged = {row["finding"].key: row for row in verdicts.verdicts(EXPERIMENTS["E2"],
+                                                                   aggregate.load_results(runs / "E2"))}
+    better, same = judged["E2.unet_depth"], judged["E2.unet_plateau5"]
+    assert better["verdict"] == "reproduced" and better["test"].n == 10 and better["runs"] == (5, 5)
+    diffs = sorted(0.05 - 0.002 * (i % 3) for i in range(10))  # ed4 - ed2 per subject (the seed wobble cancels)
+    assert better["test"].effect == pytest.approx(float(np.median([(a + b) / 2 for i, a in enumerate(diffs)
+                                                                    for b in diffs[i:]])))
+    assert better["test"].ci_low > 0
+    assert same["verdict"] == "reproduced" and abs(same["test"].effect) < 0.002
+    assert -0.01 < same["test"].ci_low < same["test"].ci_high < 0.01
+    # Holm over the 4 p-values of the two tested findings: the smallest is multiplied by 4
+    raw = sorted([better["test"].p_difference, better["test"].p_equivalence, same["test"].p_difference,
+                  same["test"].p_equivalence])
+    assert min(better["p_difference"], same["p_equivalence"]) == pytest.approx(4 * raw[0])
+    collapsed, missing = judged["E2.fcn_depth"], judged["E2.unet_plateau7"]
+    assert collapsed["verdict"] == "not tested" and collapsed["test"] is None
+    assert collapsed["reason"] == "fcn_ed7: 2 of 5 runs converged (3 collapsed, 0 not converged); 5 needed"
+    assert missing["verdict"] == "not tested" and missing["reason"] == "unet_ed7: not run"
+    assert {row["verdict"] for row in judged.values()} <= set(verdicts.VOCABULARY)
+
+    # the CLI report writes the rule and the verdict table into the runs folder
+    assert cli.main(["report", "--out", str(runs)]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {runs / 'results.md'}"
+    text = (runs / "results.md").read_text()
+    assert convergence.RULE.text() in text and verdicts.RULE_TEXT in text
+    e2 = text[text.index("### E2"):text.index("### E3")]
+    table = {line.split(" | ")[0][2:]: line for line in e2.splitlines() if line.startswith("| E2.")}
+    assert "| **reproduced** |" in table["E2.unet_depth"] and "| **reproduced** |" in table["E2.unet_plateau5"]
+    assert "| **not tested** | fcn_ed7: 2 of 5 runs converged (3 collapsed" in table["E2.fcn_depth"]
+    assert "| **not tested** | unet_ed7: not run |" in table["E2.unet_plateau7"]
+    fcn7 = next(line for line in e2.splitlines() if line.startswith("| 7 |") and "3 collapsed" in line)
+    assert "2/5 (3 collapsed)" in fcn7
+    # every finding of the paper has a verdict line at the top, unrun experiments included
+    summary = text[text.index("## Verdicts"):text.index("### E1")]
+    assert summary.count("\n| E") == sum(len(e.findings) for e in EXPERIMENTS.values())
+    assert "| E2.unet_depth | UNet: 4 ED blocks beat 2 (0.939 vs 0.872) | reproduced |" in summary
+    assert "| E4.unet_fcn | UNet beats FCN (0.939 vs 0.890) | not tested |" in summary
+    e4 = text[text.index("### E4"):text.index("### E5")]
+    assert "Not run yet." in e4 and "| **not tested** | unet: not run; fcn: not run |" in e4
+
+
+def test_decide_refutes_by_the_written_rule():
+    better = EXPERIMENTS["E4"].findings[0]
+    plateau = next(f for f in EXPERIMENTS["E2"].findings if f.kind == "no_gain")
+    worse = stats.PairedResult(20, -0.03, -0.05, -0.01, 0.001, 0.9)
+    assert verdicts.decide(better, worse, 0.004, 0.9)[0] == "refuted"  # b significantly better
+    tie = stats.PairedResult(20, 0.001, -0.003, 0.004, 0.6, 0.001)
+    assert verdicts.decide(better, tie, 0.6, 0.004)[0] == "refuted"  # equivalent: the claimed gain is absent
+    assert verdicts.decide(plateau, tie, 0.6, 0.004)[0] == "reproduced"
+    gain = stats.PairedResult(20, 0.03, 0.02, 0.05, 0.001, 0.9)
+    assert verdicts.decide(plateau, gain, 0.004, 0.9)[0] == "refuted"
+    unclear = stats.PairedResult(20, 0.005, -0.01, 0.02, 0.3, 0.2)
+    verdict, reason = verdicts.decide(better, unclear, 0.3, 0.2)
+    assert verdict == "not tested" and reason.startswith("inconclusive")
+
+
+def _volumes_csv(path: Path, rows: list[tuple[str, int, str, float, float, float]]) -> None:
+    """eval/volumes.csv with (subject, class index, structure, dice, grid % error, resampling % error) rows."""
+    from mrivol_monai.handlers.volume_estimation import COLUMNS
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for subject, c, name, dice, err, floor in rows:
+            writer.writerow({k: "" for k in COLUMNS} | {
+                "subject": subject, "site": "HH", "class_index": c, "structure": name, "pred_voxels": 1,
+                "true_voxels": 1, "dice": dice, "pct_error_voxels": err, "resampling_pct_error": floor,
+                "estimate": "over"})
+
+
+_EVAL_ROWS = [("s1", 0, "background", 0.99, 0.1, 0.01), ("s1", 1, "brain", 0.90, -2.0, 1.2),
+              ("s2", 0, "background", 0.99, 0.1, 0.01), ("s2", 1, "brain", 0.80, 4.0, 1.8)]
+
+
+def test_collect_keeps_per_subject_scores_and_the_resampling_floor(tmp_path):
+    spec = runner.RunSpec("E1", "none", 0, tmp_path / "run", ("experiments/e1_none.json",))
+    spec.run_dir.mkdir()
+    _fake_logs(spec.run_dir, {1: 0.5, 2: 0.6}, {1: 0.7, 2: 0.8}, max_epochs=2)
+    _volumes_csv(spec.run_dir / "eval" / "volumes.csv", _EVAL_ROWS)
+    (spec.run_dir / "eval" / "summary.json").write_text(json.dumps({
+        "n_subjects": 2, "mean_dice_foreground": 0.85, "structures": [
+            {"structure": "background", "dice_mean": 0.99, "voxels": {"signed_pct_mean": 0.1, "abs_pct_mean": 0.1}},
+            {"structure": "brain", "dice_mean": 0.85, "voxels": {"signed_pct_mean": 1.0, "abs_pct_mean": 3.0}}]}))
+    r = runner.collect(spec)
+    assert r["per_subject"] == {"s1": {"dice": pytest.approx(0.9), "vol_abs_pct": pytest.approx(2.0)},
+                                "s2": {"dice": pytest.approx(0.8), "vol_abs_pct": pytest.approx(4.0)}}
+    assert r["vol_floor_signed_pct"] == pytest.approx(1.5)  # brain: mean of +1.2 and +1.8
+    assert r["structures"]["brain"]["floor_signed_pct"] == pytest.approx(1.5)
+    assert r["vol_abs_pct_mean"] == pytest.approx(3.0)
+    # a result.json written before collect kept these gets them from eval/volumes.csv when read
+    old = {k: v for k, v in r.items() if k not in ("per_subject", "vol_floor_signed_pct")}
+    old["structures"] = {n: {k: v for k, v in s.items() if k != "floor_signed_pct"} for n, s in r["structures"].items()}
+    target = tmp_path / "runs" / "E1" / "none" / "seed0"
+    _volumes_csv(target / "eval" / "volumes.csv", _EVAL_ROWS)
+    (target / runner.RESULT_FILE).write_text(json.dumps(old))
+    (loaded,) = aggregate.load_results(tmp_path / "runs" / "E1")
+    assert loaded["per_subject"] == r["per_subject"] and loaded["vol_floor_signed_pct"] == pytest.approx(1.5)
+
+
+def test_every_finding_names_variants_of_its_experiment_and_a_margin():
+    for exp in EXPERIMENTS.values():
+        names = {v.name for v in exp.variants}
+        assert exp.findings, exp.key
+        for f in exp.findings:
+            assert f.key.startswith(exp.key + ".") and {f.a, f.b} <= names and f.margin > 0, f
+    with pytest.raises(ValueError, match="E9.x: kind must be"):
+        variants.Finding("E9.x", "claim", "worse", "a", "b", "dice", 0.01)

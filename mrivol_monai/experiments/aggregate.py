@@ -1,6 +1,9 @@
 """Per-run ``result.json`` files -> per-variant mean, std and 95% CI over repeats, as CSV, paper-shaped
 Markdown tables (tables 1-6, with the paper's numbers side by side) and one PNG plot per experiment.
 
+Only runs that converged by :data:`mrivol_monai.experiments.convergence.RULE` enter the statistics; collapsed
+and unconverged runs are counted (``n_collapsed``, ``n_not_converged``) and shown in the tables' Runs column.
+
 The CI is Student's t interval of the mean over repeats (``scipy.stats.t``); with one repeat std and CI are
 undefined (empty in the CSV, left out of the Markdown).
 """
@@ -19,21 +22,22 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
-from mrivol_monai.experiments.runner import RESULT_FILE
+from mrivol_monai.experiments.convergence import COLLAPSED, CONVERGED, run_status
+from mrivol_monai.experiments.runner import RESULT_FILE, resampling_floor, subject_scores
 from mrivol_monai.experiments.variants import Column, Experiment, Table, get_experiment
 from mrivol_monai.atomic_io import atomic_path, write_atomic
 
 __all__ = ["METRICS", "STRUCTURE_METRICS", "describe", "load_results", "aggregate", "results_csv", "regions_csv",
-           "results_markdown", "plot", "write_tables"]
+           "results_markdown", "plot", "runs_cell", "write_tables"]
 
 METRICS = ("test_dice", "val_dice", "train_dice", "vol_abs_pct_mean", "vol_abs_pct_std", "vol_signed_pct_mean",
-           "params", "train_seconds", "eval_seconds", "wall_seconds", "cpu_seconds", "epochs", "best_epoch",
-           "peak_rss_mb", "n_data_points")
-STRUCTURE_METRICS = ("dice", "signed_pct_mean", "abs_pct_mean", "abs_pct_std")
+           "vol_floor_signed_pct", "params", "train_seconds", "eval_seconds", "wall_seconds", "cpu_seconds", "epochs",
+           "best_epoch", "peak_rss_mb", "n_data_points")
+STRUCTURE_METRICS = ("dice", "signed_pct_mean", "abs_pct_mean", "abs_pct_std", "floor_signed_pct")
 _STATS = ("mean", "std", "ci95_low", "ci95_high")
 # a table column's run-level metric -> the per-structure metric it means in a per-structure table
 _PER_STRUCTURE = {"test_dice": "dice", "vol_signed_pct_mean": "signed_pct_mean", "vol_abs_pct_mean": "abs_pct_mean",
-                  "vol_abs_pct_std": "abs_pct_std"}
+                  "vol_abs_pct_std": "abs_pct_std", "vol_floor_signed_pct": "floor_signed_pct"}
 
 
 def describe(values: Iterable[float | None]) -> dict[str, float]:
@@ -51,22 +55,45 @@ def describe(values: Iterable[float | None]) -> dict[str, float]:
 
 
 def load_results(exp_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every ``<variant>/seed<k>/result.json`` under an experiment folder (unfinished runs have none)."""
-    return [json.loads(p.read_text()) for p in sorted(Path(exp_dir).glob(f"*/seed*/{RESULT_FILE}"))]
+    """Every ``<variant>/seed<k>/result.json`` under an experiment folder (unfinished runs have none). A record
+    written before ``collect`` kept per-subject scores and the resampling floor gets them from the run's
+    ``eval/volumes.csv`` when that file is there."""
+    out = []
+    for path in sorted(Path(exp_dir).glob(f"*/seed*/{RESULT_FILE}")):
+        result = json.loads(path.read_text())
+        volumes = path.parent / "eval" / "volumes.csv"
+        if "per_subject" not in result and volumes.is_file():
+            from mrivol_monai.handlers.volume_estimation import read_volumes_csv  # lazy: pulls in torch and MONAI
+
+            rows = read_volumes_csv(volumes)
+            result["per_subject"] = subject_scores(rows)
+            floors = resampling_floor(rows)
+            for name, floor in floors.items():
+                (result.setdefault("structures", {}).setdefault(name, {}))["floor_signed_pct"] = floor
+            fg = [v for name, v in floors.items() if name != "background" and math.isfinite(v)]
+            result["vol_floor_signed_pct"] = sum(fg) / len(fg) if fg else None
+        out.append(result)
+    return out
 
 
 def aggregate(exp: Experiment, results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Results of one experiment -> one record per variant that has runs, in the experiment's order:
-    ``variant``, ``label``, ``n_runs``, ``seeds``, ``metrics`` {metric: describe()}, ``structures``
-    {structure: {metric: describe()}}, ``paper``."""
+    ``variant``, ``label``, ``n_runs`` (finished), ``n_counted`` (converged), ``n_collapsed``,
+    ``n_not_converged``, ``seeds`` (of the counted runs), ``status`` {seed: (status, reason)}, ``metrics``
+    {metric: describe()} and ``structures`` {structure: {metric: describe()}} over the counted runs only, ``paper``."""
     rows = []
     for v in exp.variants:
-        mine = [r for r in results if r["variant"] == v.name]
-        if not mine:
+        finished = [r for r in results if r["variant"] == v.name]
+        if not finished:
             continue
-        names = list(dict.fromkeys(n for r in mine for n in (r.get("structures") or {})))
+        status = {r["seed"]: run_status(r) for r in finished}
+        mine = [r for r in finished if status[r["seed"]][0] == CONVERGED]
+        names = list(dict.fromkeys(n for r in finished for n in (r.get("structures") or {})))
+        n_collapsed = sum(s == COLLAPSED for s, _ in status.values())
         rows.append({
-            "variant": v.name, "label": v.label, "n_runs": len(mine), "seeds": sorted(r["seed"] for r in mine),
+            "variant": v.name, "label": v.label, "n_runs": len(finished), "n_counted": len(mine),
+            "n_collapsed": n_collapsed, "n_not_converged": len(finished) - len(mine) - n_collapsed,
+            "status": dict(sorted(status.items())), "seeds": sorted(r["seed"] for r in mine),
             "metrics": {m: describe(r.get(m) for r in mine) for m in METRICS},
             "structures": {n: {m: describe((r.get("structures") or {}).get(n, {}).get(m) for r in mine)
                                for m in STRUCTURE_METRICS} for n in names},
@@ -83,10 +110,11 @@ def results_csv(exp: Experiment, rows: Sequence[Mapping[str, Any]]) -> str:
     """One CSV row per variant: ``<metric>_{mean,std,ci95_low,ci95_high}`` for every metric."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["experiment", "variant", "label", "n_runs", "seeds"]
-                    + [f"{m}_{s}" for m in METRICS for s in _STATS])
+    writer.writerow(["experiment", "variant", "label", "n_runs", "n_counted", "n_collapsed", "n_not_converged",
+                     "seeds"] + [f"{m}_{s}" for m in METRICS for s in _STATS])
     for row in rows:
-        writer.writerow([exp.key, row["variant"], row["label"], row["n_runs"], " ".join(map(str, row["seeds"]))]
+        writer.writerow([exp.key, row["variant"], row["label"], row["n_runs"], row["n_counted"], row["n_collapsed"],
+                         row["n_not_converged"], " ".join(map(str, row["seeds"]))]
                         + [_cell(row["metrics"][m][s]) for m in METRICS for s in _STATS])
     return buf.getvalue()
 
@@ -95,11 +123,11 @@ def regions_csv(exp: Experiment, rows: Sequence[Mapping[str, Any]]) -> str:
     """One CSV row per variant and structure (paper table 6)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["experiment", "variant", "structure", "n_runs"]
+    writer.writerow(["experiment", "variant", "structure", "n_counted"]
                     + [f"{m}_{s}" for m in STRUCTURE_METRICS for s in _STATS])
     for row in rows:
         for name, metrics in row["structures"].items():
-            writer.writerow([exp.key, row["variant"], name, row["n_runs"]]
+            writer.writerow([exp.key, row["variant"], name, row["n_counted"]]
                             + [_cell(metrics[m][s]) for m in STRUCTURE_METRICS for s in _STATS])
     return buf.getvalue()
 
@@ -139,6 +167,13 @@ def _ours(col: Column, d: Mapping[str, float]) -> str:
     return _fmt(col.kind, d["mean"], d["std"])
 
 
+def runs_cell(row: Mapping[str, Any]) -> str:
+    """'counted/finished' runs of a variant, with how many collapsed or did not converge."""
+    notes = [f"{row[k]} {name}" for k, name in (("n_collapsed", "collapsed"), ("n_not_converged", "not converged"))
+             if row[k]]
+    return f"{row['n_counted']}/{row['n_runs']}" + (f" ({', '.join(notes)})" if notes else "")
+
+
 def _table_markdown(table: Table, rows: Sequence[Mapping[str, Any]]) -> list[str]:
     rows = [r for r in rows if not table.variants or r["variant"] in table.variants]
     if table.per_structure:
@@ -162,11 +197,11 @@ def _table_markdown(table: Table, rows: Sequence[Mapping[str, Any]]) -> list[str
                 ref = regions.get(name.lower())
                 paper = [("n/a" if ref is None else ref[1] if c.kind == "estimate" else _fmt(c.kind, ref[0])
                           if c.paper_key == "vol_error" else "n/a") for c in paper_cols]
-                lines.append("| " + " | ".join([f"{r['label']}: {name}"] + ours + paper + [str(r["n_runs"])]) + " |")
+                lines.append("| " + " | ".join([f"{r['label']}: {name}"] + ours + paper + [runs_cell(r)]) + " |")
             continue
         ours = [_ours(c, r["metrics"][c.metric]) for c in table.columns]
         paper = [_fmt(c.kind, r["paper"][c.paper_key]) if c.paper_key in r["paper"] else "n/a" for c in paper_cols]
-        lines.append("| " + " | ".join([r["label"]] + ours + paper + [str(r["n_runs"])]) + " |")
+        lines.append("| " + " | ".join([r["label"]] + ours + paper + [runs_cell(r)]) + " |")
     return lines + [""]
 
 
@@ -175,10 +210,12 @@ def results_markdown(exp: Experiment, rows: Sequence[Mapping[str, Any]]) -> str:
     lines = [f"### {exp.key}: {exp.title}", "", exp.question, ""]
     for table in exp.tables:
         lines += _table_markdown(table, rows)
-    lines += ["Cells are mean ± sample std over repeats (seeds); 95% CI is Student's t interval of the mean. "
+    lines += ["Cells are mean ± sample std over the converged repeats (seeds) only; Runs: converged/finished "
+              "(collapsed and unconverged runs are not averaged). 95% CI is Student's t interval of the mean. "
               "Volume errors are per-run mean (and std) over test subjects of |100·(pred − true)/true| in grid "
-              "voxels; 'Estimate' is the sign of the mean signed error. Time: training wall time including "
-              "validation.", ""]
+              "voxels; 'Estimate' is the sign of the mean signed error. Resampling floor: mean signed "
+              "100·(true grid − native)/native of the label itself, the error a perfect grid segmentation keeps "
+              "(its sign comes from the grid's phase). Time: training wall time including validation.", ""]
     return "\n".join(lines)
 
 
@@ -261,7 +298,7 @@ def plot(exp: Experiment, rows: Sequence[Mapping[str, Any]], path: str | os.Path
             ax.scatter(*zip(*paper), color="k", marker="x", zorder=3, label="paper")
         ax.set_xticks(pos, [r["label"] for r in rows], rotation=20, ha="right", fontsize=8)
         ax.set_ylabel("test Dice")
-        low = min(v for v in y if math.isfinite(v))
+        low = min((v for v in y if math.isfinite(v)), default=0.0)  # no counted run: every bar is NaN
         ax.set_ylim(max(0.0, low - 0.1), 1.0)
         ax.legend()
     ax.set_title(f"{exp.key}: {exp.title}")

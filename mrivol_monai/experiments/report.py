@@ -1,6 +1,8 @@
 """Assemble every experiment's tables and plots under ``runs/`` into one Markdown report with the hardware,
-the settings actually run, a per-experiment check of the paper's finding computed from the numbers, and
-(optionally) a hand-written paragraph per experiment read from a discussion file (``## E1`` ... sections)."""
+the settings actually run, the rules for which runs count (:mod:`.convergence`) and how findings are judged
+(:mod:`.verdicts`), a per-experiment check of the paper's numbers, a verdict table per experiment and
+(optionally) a hand-written paragraph per experiment read from a discussion file (``## E1`` ... sections),
+placed after the verdicts it has to follow."""
 
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from mrivol_monai.errors import InputError
+from mrivol_monai.experiments import convergence, verdicts
 from mrivol_monai.experiments.aggregate import load_results, results_markdown, write_tables
-from mrivol_monai.experiments.variants import EXPERIMENTS, Experiment
+from mrivol_monai.experiments.variants import EXPERIMENTS, MARGINS_DECLARED, Experiment
 from mrivol_monai.atomic_io import write_atomic
 
 __all__ = ["hardware", "findings", "build_report", "load_discussion", "write_report"]
@@ -132,20 +135,35 @@ def load_discussion(path: str | os.PathLike) -> dict[str, str]:
 
 def build_report(out: str | os.PathLike, img_dir: str | os.PathLike | None = None, title: str = "Results",
                  intro: str = "", discussion: Mapping[str, str] | None = None) -> str:
-    """Markdown for every experiment with results under ``out`` (re-aggregating them); plots are copied to
-    ``img_dir`` (linked relative to it) when given; ``discussion[key]`` follows the computed check."""
+    """Markdown for every experiment with results under ``out`` (re-aggregating them): the rules, a verdict per
+    finding (all experiments; 'not tested' where nothing ran), then per experiment its tables, computed check,
+    verdict table and ``discussion[key]`` after the verdicts; plots are copied to ``img_dir`` (linked relative to
+    it) when given."""
     lines = [f"# {title}", "", intro, "", f"Hardware: {hardware()}.", ""] if intro else \
         [f"# {title}", "", f"Hardware: {hardware()}.", ""]
+    lines += ["## How runs count and how findings are judged", "",
+              f"Convergence ({convergence.__name__}.RULE): {convergence.RULE.text()}", "",
+              f"Verdicts ({verdicts.__name__}; vocabulary: {', '.join(verdicts.VOCABULARY)}; margins declared "
+              f"{MARGINS_DECLARED}): {verdicts.RULE_TEXT}", ""]
+    results = {key: load_results(Path(out) / key) for key in EXPERIMENTS}
+    judged = {key: verdicts.verdicts(exp, results[key]) for key, exp in EXPERIMENTS.items()}
+    lines += ["## Verdicts", "", "| Finding | Paper's claim | Verdict |", "| --- | --- | --- |"]
+    lines += [f"| {row['finding'].key} | {row['finding'].claim} | {row['verdict']} |"
+              for rows in judged.values() for row in rows] + ["", "Tests, effects and reasons: each experiment's "
+                                                              "verdict table below.", ""]
     for key, exp in EXPERIMENTS.items():
-        results = load_results(Path(out) / key)
-        if not results:
+        if not results[key]:
             lines += [f"### {key}: {exp.title}", "", "Not run yet.", ""]
+            lines += [f"**Verdicts ({key})**", ""] + verdicts.verdicts_markdown(judged[key]) if judged[key] else []
             continue
         rows = write_tables(key, out)
-        seeds = sorted({r["seed"] for r in results})
+        seeds = sorted({r["seed"] for r in results[key]})
         lines += [results_markdown(exp, rows).rstrip(), "",
-                  f"Runs: {len(results)} ({len(rows)} variants, seeds {seeds}). Settings: {_settings_line(results)}.",
+                  f"Runs: {len(results[key])} ({len(rows)} variants, seeds {seeds}). "
+                  f"Settings: {_settings_line(results[key])}.",
                   "", f"Check against the paper (computed): {findings(exp, rows)}", ""]
+        if judged[key]:
+            lines += [f"**Verdicts ({key})**", ""] + verdicts.verdicts_markdown(judged[key])
         if discussion and discussion.get(key):
             lines += [f"**Does the paper's finding hold here?** {discussion[key]}", ""]
         png = Path(out) / key / "results.png"

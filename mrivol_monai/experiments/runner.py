@@ -36,10 +36,10 @@ from typing import Any
 
 from mrivol_monai.errors import InputError
 from mrivol_monai.experiments.variants import Profile, get_experiment, select_variants
-from mrivol_monai.atomic_io import write_atomic
+from mrivol_monai.atomic_io import json_safe, write_atomic
 
 __all__ = ["RunFailed", "RunSpec", "BUNDLE", "CONFIGS", "RESULT_FILE", "cache_overlay", "warm_cache", "plan", "run_all", "run_one",
-           "collect", "execute_run", "read_scalars"]
+           "collect", "execute_run", "read_scalar_steps", "read_scalars", "resampling_floor", "subject_scores"]
 
 logger = logging.getLogger(__name__)
 
@@ -246,9 +246,11 @@ def run_all(specs: Sequence[RunSpec], jobs: int = 1, threads: int | None = None,
     return results, errors
 
 
-def read_scalars(log_dir: str | os.PathLike, tags: Iterable[str]) -> dict[str, list[float]]:
-    """TensorBoard scalars ``tags`` in ``log_dir`` -> one value per step, in step order (all event files; a step
-    logged twice keeps its last value: train.json's two epoch-level trainer handlers both log the metrics)."""
+def read_scalar_steps(log_dir: str | os.PathLike, tags: Iterable[str]) -> dict[str, dict[int, float]]:
+    """TensorBoard scalars ``tags`` in ``log_dir`` -> {step: value} per tag (all event files; a step logged twice
+    keeps its last value: train.json's two epoch-level trainer handlers both log the metrics). The trainer logs
+    per epoch (steps 1, 2, ...); the validator logs at the trainer's epoch (``Evaluator.run(global_epoch)``), so
+    with ``val_interval`` k its steps are k, 2k, ..."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     found: dict[str, dict[int, float]] = {t: {} for t in tags}
@@ -258,8 +260,14 @@ def read_scalars(log_dir: str | os.PathLike, tags: Iterable[str]) -> dict[str, l
         for tag in found:
             if tag in acc.Tags()["scalars"]:
                 for e in sorted(acc.Scalars(tag), key=lambda e: e.wall_time):
-                    found[tag][e.step] = e.value
-    return {t: [by_step[s] for s in sorted(by_step)] for t, by_step in found.items()}
+                    found[tag][int(e.step)] = float(e.value)
+    return {t: dict(sorted(by_step.items())) for t, by_step in found.items()}
+
+
+def read_scalars(log_dir: str | os.PathLike, tags: Iterable[str]) -> dict[str, list[float]]:
+    """TensorBoard scalars ``tags`` in ``log_dir`` -> one value per step, in step order (the steps themselves are
+    dropped: use :func:`read_scalar_steps` to know which epoch a value belongs to)."""
+    return {t: list(by_step.values()) for t, by_step in read_scalar_steps(log_dir, tags).items()}
 
 
 def _structure_stats(summary: Mapping[str, Any]) -> dict[str, dict[str, float | None]]:
@@ -271,6 +279,28 @@ def _structure_stats(summary: Mapping[str, Any]) -> dict[str, dict[str, float | 
     return out
 
 
+def subject_scores(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """``volumes.csv`` rows (``read_volumes_csv``) -> {subject: {"dice": mean foreground Dice, "vol_abs_pct":
+    mean foreground |grid-voxel % error|}}: the per-subject numbers paired comparisons are made on."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for r in rows:
+        if int(r["class_index"]) == 0:
+            continue
+        mine = out.setdefault(str(r["subject"]), {"dice": [], "vol_abs_pct": []})
+        mine["dice"].append(float(r["dice"]))
+        mine["vol_abs_pct"].append(abs(float(r["pct_error_voxels"])))
+    return {s: {k: _mean(v) for k, v in d.items()} for s, d in out.items()}
+
+
+def resampling_floor(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """``volumes.csv`` rows -> {structure: mean signed % error of the true grid mask vs the native label}: the
+    resampling floor a perfect grid segmentation still carries; its sign comes from the grid's phase."""
+    by: dict[str, list[float]] = {}
+    for r in rows:
+        by.setdefault(str(r["structure"]), []).append(float(r["resampling_pct_error"]))
+    return {name: _mean(v) for name, v in by.items()}
+
+
 def _nan(x: Any) -> float:
     return math.nan if x is None else float(x)
 
@@ -278,19 +308,23 @@ def _nan(x: Any) -> float:
 def collect(spec: RunSpec, peak_rss_mb: float = math.nan, wall_seconds: float = math.nan,
             cpu_seconds: float = math.nan) -> dict[str, Any]:
     """A finished run's folder -> its result record (Dice, volume errors, cost). Best epoch = highest
-    validation Dice (the checkpoint ``model.pt`` holds); train Dice is taken at that epoch. ``wall_seconds``,
+    validation Dice (the checkpoint ``model.pt`` holds); train Dice is taken at that epoch (validation runs every
+    ``val_interval`` epochs: its TensorBoard steps are epochs, not indices). ``val_curve`` keeps [epoch, val Dice]
+    for the convergence rule, ``per_subject`` the test Dice and volume error per subject for paired tests,
+    ``vol_floor_signed_pct`` the resampling floor (mean over foreground structures). ``wall_seconds``,
     ``cpu_seconds``, ``peak_rss_mb`` describe the whole child process (training + evaluation)."""
     timing = json.loads((spec.run_dir / "timing.json").read_text())
-    scalars = read_scalars(spec.run_dir / "logs", ("val_mean_dice", "train_mean_dice"))
-    val, train = scalars["val_mean_dice"], scalars["train_mean_dice"]
+    scalars = read_scalar_steps(spec.run_dir / "logs", ("val_mean_dice", "train_mean_dice"))
+    val, train = scalars["val_mean_dice"], scalars["train_mean_dice"]  # {epoch: Dice}; val only every val_interval
     if not val:
         raise RunFailed(f"{spec.run_dir / 'logs'}: no val_mean_dice in the TensorBoard logs")
-    best = max(range(len(val)), key=lambda i: (val[i], -i))  # first epoch with the best value, as the saver keeps
+    best = max(val, key=lambda epoch: (val[epoch], -epoch))  # first epoch with the best value, as the saver keeps
     result: dict[str, Any] = {
         "experiment": spec.experiment, "variant": spec.variant, "label": spec.label, "seed": spec.seed,
         "overlays": list(spec.overlays), "settings": spec.settings,
-        "val_dice": val[best], "best_epoch": best + 1, "epochs": len(train) or len(val),
-        "train_dice": train[best] if best < len(train) else math.nan,
+        "val_dice": val[best], "best_epoch": best, "epochs": max(train) if train else max(val),
+        "train_dice": train.get(best, math.nan),
+        "val_curve": [[epoch, dice] for epoch, dice in val.items()],  # [epoch, val Dice] per validation
         "max_epochs": timing.get("max_epochs"), "params": timing["params"],
         "n_train_subjects": timing["n_train_subjects"], "slices_per_volume": timing["slices_per_volume"],
         "n_data_points": timing["n_train_subjects"] * timing["slices_per_volume"],
@@ -302,6 +336,11 @@ def collect(spec: RunSpec, peak_rss_mb: float = math.nan, wall_seconds: float = 
     if spec.evaluate:
         summary = json.loads((spec.run_dir / "eval" / "summary.json").read_text())
         structures = _structure_stats(summary)
+        from mrivol_monai.handlers.volume_estimation import read_volumes_csv  # lazy: pulls in torch and MONAI
+
+        volumes = read_volumes_csv(spec.run_dir / "eval" / "volumes.csv")
+        for name, floor in resampling_floor(volumes).items():
+            structures.setdefault(name, {})["floor_signed_pct"] = floor
         foreground = [s for name, s in structures.items() if name != "background"]
         result.update({
             "test_dice": _nan(summary.get("mean_dice_foreground")), "n_test_subjects": summary.get("n_subjects"),
@@ -310,8 +349,10 @@ def collect(spec: RunSpec, peak_rss_mb: float = math.nan, wall_seconds: float = 
             "vol_signed_pct_mean": _mean(_nan(s["signed_pct_mean"]) for s in foreground),
             "vol_abs_pct_mean": _mean(_nan(s["abs_pct_mean"]) for s in foreground),
             "vol_abs_pct_std": _mean(_nan(s["abs_pct_std"]) for s in foreground),
+            "vol_floor_signed_pct": _mean(_nan(s.get("floor_signed_pct")) for s in foreground),
+            "per_subject": subject_scores(volumes),
         })
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in result.items()}
+    return json_safe(result)
 
 
 def _mean(values: Iterable[float]) -> float:

@@ -43,7 +43,7 @@ from monai.data import MetaTensor, decollate_batch
 from monai.data.utils import orientation_ras_lps
 from monai.metrics import compute_dice
 
-from mrivol_monai.atomic_io import atomic_path, plain_name, write_atomic
+from mrivol_monai.atomic_io import atomic_path, json_safe, plain_name, write_atomic
 from mrivol_monai.data.synthetic import label_volumes_ml
 from mrivol_monai.errors import InputError
 
@@ -174,16 +174,6 @@ def summarise(rows: Sequence[Mapping[str, Any]], class_names: Sequence[str], com
                             "(the paper's); 'ml': predicted grid mL vs native-label mL",
         "structures": structures,
     }
-
-
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_json_safe(v) for v in x]
-    return x
 
 
 def _pm(mean: float, std: float, unit: str = "%") -> str:
@@ -336,7 +326,7 @@ class VolumeEstimationHandler:
         """Rewrite ``volumes.csv``, ``summary.json``, ``summary.md`` atomically; returns the summary."""
         summary = summarise(self.rows, self.class_names, complete)
         write_atomic(self.output_dir / "volumes.csv", _csv_text(self.rows))
-        write_atomic(self.output_dir / "summary.json", json.dumps(_json_safe(summary), indent=2) + "\n")
+        write_atomic(self.output_dir / "summary.json", json.dumps(json_safe(summary), indent=2) + "\n")
         write_atomic(self.output_dir / "summary.md", summary_markdown(summary))
         return summary
 
