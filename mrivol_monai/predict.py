@@ -49,6 +49,7 @@ from mrivol_monai.atomic_io import atomic_path, write_atomic
 from mrivol_monai.data.nifti_reader import read_nifti
 from mrivol_monai.distributed import shard as take_shard
 from mrivol_monai.errors import InputError
+from mrivol_monai.intervals import soft_hard_gap
 from mrivol_monai.native_grid import CROP_MARGIN, GridMap, channel_argmax, model_input
 from mrivol_monai.networks import SliceSegmenter, fold_batch_norm
 from mrivol_monai.transforms import (
@@ -293,13 +294,16 @@ class VolumesCSVd(MapTransform):
 @dataclass
 class Segmentation:
     """One segmented scan on its native grid: ``image`` (X, Y, Z) voxels as stored (int16 for most scans),
-    ``mask`` (X, Y, Z) uint8 labels, ``affine`` (4, 4) voxel -> RAS mm of the input, ``volumes`` mL per structure."""
+    ``mask`` (X, Y, Z) uint8 labels, ``affine`` (4, 4) voxel -> RAS mm of the input, ``volumes`` mL per structure,
+    ``difficulty`` per structure (:func:`mrivol_monai.intervals.soft_hard_gap` on the model's grid: what the
+    calibrated intervals scale with)."""
 
     source: str
     image: np.ndarray
     mask: np.ndarray
     affine: np.ndarray
     volumes: dict[str, float]
+    difficulty: dict[str, float] = field(default_factory=dict)
 
 
 class Predictor:
@@ -418,11 +422,13 @@ class Predictor:
         x, grid, image, affine = self.model_input(path)
         probs = torch.softmax(self.logits(x).float(), dim=0)
         probs = keep_largest_components(probs, largest_component_labels(self.spec.task))
+        gap = soft_hard_gap(probs, channel_argmax(probs)[0])
         mask = grid.to_native(probs)
         del probs
         if mask.shape != image.shape:  # the inverse must land exactly on the input grid; anything else is a bug
             raise RuntimeError(f"{path}: native mask has shape {mask.shape}, input has {image.shape}")
-        return Segmentation(str(path), image, mask, affine, volumes_ml(mask, affine, self.spec.class_names))
+        return Segmentation(str(path), image, mask, affine, volumes_ml(mask, affine, self.spec.class_names),
+                            {name: float(g) for name, g in zip(self.spec.class_names[1:], gap[1:])})
 
     def region(self, path: str | os.PathLike, classes: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One scan -> (stored voxels, affine, (X, Y, Z) bool native mask of the voxels where one of ``classes``

@@ -55,6 +55,23 @@ def stage1_centre(mask: np.ndarray, affine: np.ndarray, source: str) -> np.ndarr
     return centre
 
 
+def box_difficulty(probs: torch.Tensor) -> dict[str, float]:
+    """(C, D, H, W) stage-2 probabilities -> :func:`~mrivol_monai.intervals.soft_hard_gap` per structure side and
+    for the left + right totals of the reported structures (their two channels merged)."""
+    from mrivol_monai.intervals import soft_hard_gap
+    from mrivol_monai.native_grid import channel_argmax
+
+    labels = channel_argmax(probs)[0].long()
+    gap = soft_hard_gap(probs, labels)
+    out = {name: float(g) for name, g in zip(box.CLASS_NAMES[1:], gap[1:])}
+    for name in box.REPORTED_STRUCTURES:
+        left, right = box.CLASS_NAMES.index(f"{name}_left"), box.CLASS_NAMES.index(f"{name}_right")
+        merged = probs[left] + probs[right]
+        count = float(((labels == left) | (labels == right)).sum())
+        out[name] = abs(float(merged.double().sum()) - count) / max(count, 1.0)
+    return out
+
+
 class FineSegmenter:
     """Stage 2: ``network`` maps (N, 2n + 1, H, W) slabs to (N, C, H, W) logits; ``spec`` is its checkpoint's."""
 
@@ -170,7 +187,8 @@ class TwoStagePredictor:
         hard = box.with_totals(box.hard_volumes_ml(mask, affine))
         soft = box.soft_volumes_ml(probs)
         volumes = {**hard, **{f"{name}_soft": v for name, v in soft.items()}}
-        return Segmentation(str(path), image, mask, affine, {k: volumes[k] for k in volume_names()})
+        return Segmentation(str(path), image, mask, affine, {k: volumes[k] for k in volume_names()},
+                            box_difficulty(probs))
 
 
 def predictor_for(model: str | os.PathLike | None = None, task: str | None = None, backend: str = "torch",

@@ -255,3 +255,20 @@ def test_evaluate_two_stage_overlay_scores_both_stages_on_the_test_split(tiny_co
     assert len(rows) == len(tests) * (box.NUM_CLASSES - 1)
     assert all(0.0 <= float(r["dice"]) <= 1.0 and float(r["true_ml"]) >= 0.0 for r in rows)
     assert "| thalamus_left |" in (tmp_path / "eval" / "two_stage_test.md").read_text()
+
+
+def test_box_difficulty_is_zero_for_one_hot_and_counts_both_sides_for_totals():
+    from mrivol_monai.two_stage import box_difficulty
+
+    labels = torch.zeros((4, 6, 6), dtype=torch.long)
+    labels[1:3, 1:3, 1:3] = box.CLASS_NAMES.index("caudate_left")
+    labels[1:3, 3:5, 3:5] = box.CLASS_NAMES.index("caudate_right")
+    onehot = torch.nn.functional.one_hot(labels, box.NUM_CLASSES).permute(3, 0, 1, 2).float()
+    assert all(v == 0.0 for v in box_difficulty(onehot).values())
+    soft = onehot.clone()
+    soft[:, 0, 0, 0] = 0.0
+    soft[box.CLASS_NAMES.index("caudate_left"), 0, 0, 0] = 0.4  # a background voxel, 0.4 caudate_left
+    soft[0, 0, 0, 0] = 0.6
+    got = box_difficulty(soft)
+    assert got["caudate_left"] == pytest.approx(0.4 / 8) and got["caudate"] == pytest.approx(0.4 / 16)
+    assert got["caudate_right"] == 0.0
