@@ -42,7 +42,7 @@ def save_cohort_plot(rows: Sequence[Mapping[str, str]], volume_columns: Sequence
     from matplotlib.figure import Figure
 
     names = [c[:-3] for c in volume_columns]
-    fig = Figure(figsize=(max(4.0, 0.7 * len(names) + 1.5), 3.6), dpi=100)
+    fig = Figure(figsize=(max(5.5, 0.7 * len(names) + 1.5), 3.6), dpi=100)
     ax = fig.subplots()
     rng = np.random.default_rng(0)  # fixed jitter: the same rows give the same picture
     for x, (column, name) in enumerate(zip(volume_columns, names)):
@@ -64,7 +64,7 @@ def save_cohort_plot(rows: Sequence[Mapping[str, str]], volume_columns: Sequence
     ax.set_xticklabels(names, rotation=45 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center",
                        fontsize=8)
     ax.set_ylabel("mL")
-    ax.set_title("volumes per scan (red: QC flagged); grey: adult range", fontsize=9)
+    ax.set_title("each scan's volume (red: QC flagged); grey band: adult range", fontsize=8)
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:
