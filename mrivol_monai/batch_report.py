@@ -80,6 +80,7 @@ def write_report(out: str | os.PathLike, rows: Sequence[Mapping[str, str]], volu
     save_cohort_plot(rows, volume_columns, out / COHORT_PNG)
     ids = [c for c in ID_COLUMNS if any(row.get(c) for row in rows) or c == "scan"]
     passed = sum(1 for row in rows if row.get("qc") == QC_PASS)
+    unchecked = sum(1 for row in rows if not row.get("qc"))  # rows of a version without QC
     esc = html.escape
     head = "".join(f"<th>{esc(c)}</th>" for c in [*ids, *volume_columns, "qc", "QC picture"])
     lines = []
@@ -87,19 +88,21 @@ def write_report(out: str | os.PathLike, rows: Sequence[Mapping[str, str]], volu
         cells = [f"<td>{esc(row.get(c, ''))}</td>" for c in ids]
         cells += [f"<td class=\"num\">{esc(row.get(c, ''))}</td>" for c in volume_columns]
         verdict = row.get("qc", "")
-        cells.append(f"<td class=\"{'pass' if verdict == QC_PASS else 'flag'}\">{esc(verdict)}</td>")
+        cells.append(f"<td class=\"{'pass' if verdict == QC_PASS else 'flag'}\">{esc(verdict or 'not checked')}</td>")
         picture = qc_picture.get(row.get("scan", ""), "")
         if picture and Path(picture).is_file():
             link = esc(_relative(picture, out), quote=True)
-            cells.append(f"<td><a href=\"{link}\"><img class=\"qc\" src=\"{link}\" alt=\"QC {esc(row['scan'])}\"></a></td>")
+            alt = esc(f"QC {row['scan']}", quote=True)
+            cells.append(f"<td><a href=\"{link}\"><img class=\"qc\" src=\"{link}\" alt=\"{alt}\"></a></td>")
         else:
             cells.append("<td></td>")
         lines.append("<tr>" + "".join(cells) + "</tr>")
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    counts = f"{len(rows)} scans, {passed} pass QC, {len(rows) - passed - unchecked} flagged" + \
+        (f", {unchecked} not checked" if unchecked else "")
     page = (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{esc(title)}</title>\n"
             f"<style>{STYLE}</style>\n</head>\n<body>\n<h1>{esc(title)}</h1>\n"
-            f"<p>{len(rows)} scans, {passed} pass QC, {len(rows) - passed} flagged; volumes in mL; "
-            f"updated {stamp}. Numbers as in <a href=\"volumes.csv\">volumes.csv</a>.</p>\n"
+            f"<p>{counts}; volumes in mL; updated {stamp}. Numbers as in <a href=\"volumes.csv\">volumes.csv</a>.</p>\n"
             f"<p><img src=\"{COHORT_PNG}\" alt=\"cohort volumes against adult ranges\"></p>\n"
             f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(lines) + "\n</tbody>\n</table>\n"
             "</body>\n</html>\n")

@@ -8,10 +8,12 @@
     mrivol export-weights --task T --checkpoint bundle/models/model.pt [--config bundle/configs/train.json ...]
     mrivol bundle-model [--task T] [--bundle DIR]
 
-``predict`` first says on stderr which model it uses (file, task, network, how it was trained) and how many
-threads. Checkpoints are read with ``torch.load(weights_only=True)``. A bundle folder given as ``--model`` is
-described by the literal values of its ``configs/train.json``; a bundle is code, and its ``$`` expressions run
-only with ``--trust-bundle``.
+``predict`` takes NIfTI files, folders, DICOM series folders and BIDS dataset roots; besides masks it writes
+``volumes.csv`` (one row per scan, a ``qc`` column), a JSON per scan and ``report.html``; ``--layout bids`` names
+the outputs as BIDS derivatives. It first says on stderr which model it uses (file, task, network, how it was
+trained) and how many threads. Checkpoints are read with ``torch.load(weights_only=True)``. A bundle folder
+given as ``--model`` is described by the literal values of its ``configs/train.json``; a bundle is code, and its
+``$`` expressions run only with ``--trust-bundle``.
 
 Bad input prints ``error: <file>: <problem>`` on stderr (no traceback); the exit status is 1 if any scan
 failed, 2 if nothing could run (bad model, output folder, options).

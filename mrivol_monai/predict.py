@@ -7,11 +7,13 @@ model's (D, H, W) grid, head z-score; :func:`preprocessing` is that chain in MON
 own voxel grid -> argmax. Both directions run through :mod:`mrivol_monai.native_grid`, which does what
 those MONAI transforms and ``Invertd`` do without whole-volume copies (tests check it against them).
 Volumes are voxel counts of the native mask times the input's voxel volume. :func:`predict` runs that over
-many scans, writes ``<scan>_seg.nii.gz`` (the input's affine and shape), ``<scan>_qc.png`` and one
-``volumes.csv`` row per scan, and reports bad inputs one line each without stopping. It can take one shard
-of the scans (torchrun ranks, ``--shard K/N`` array jobs) and skips scans a previous or parallel run already
-finished (a row and a mask), so any number of processes and re-runs leave one row per scan
-(:mod:`mrivol_monai.volumes_csv`).
+many scans (files, folders, DICOM series, BIDS datasets), writes ``<scan>_seg.nii.gz`` (the input's affine and
+shape), ``<scan>_qc.png``, ``<scan>_volumes.json`` and one ``volumes.csv`` row per scan with its QC verdict
+(:mod:`mrivol_monai.scan_qc`), or the same as BIDS derivatives (:mod:`mrivol_monai.bids`), keeps
+``report.html`` current (:mod:`mrivol_monai.batch_report`), and reports bad inputs one line each without
+stopping. It can take one shard of the scans (torchrun ranks, ``--shard K/N`` array jobs) and skips scans a
+previous or parallel run already finished (a row and a mask), so any number of processes and re-runs leave one
+row per scan (:mod:`mrivol_monai.volumes_csv`).
 """
 
 from __future__ import annotations
@@ -52,9 +54,9 @@ from mrivol_monai.bids import DSEG_SUFFIX, bids_t1w_scans, derivative_stem, is_b
 from mrivol_monai.data.nifti_reader import read_nifti
 from mrivol_monai.distributed import shard as take_shard
 from mrivol_monai.errors import InputError
-from mrivol_monai.scan_qc import qc_reasons, qc_verdict
 from mrivol_monai.native_grid import CROP_MARGIN, GridMap, channel_argmax, model_input
 from mrivol_monai.networks import SliceSegmenter, fold_batch_norm
+from mrivol_monai.scan_qc import qc_reasons, qc_verdict
 from mrivol_monai.transforms import (
     CheckVolumed,
     HeadZScored,
@@ -198,11 +200,11 @@ def find_scans(inputs: Sequence[str | os.PathLike] | str | os.PathLike) -> list[
     (:func:`mrivol_monai.bids.is_bids_root`) contributes its ``sub-*/[ses-*/]anat/*_T1w.nii[.gz]`` files, with
     ``subject`` and ``session`` entries and the file name without ``_T1w`` as ``scan``
     (:func:`mrivol_monai.bids.bids_t1w_scans`; a BIDS root without such files gives one item with an ``error``).
-    Any other folder contributes its NIfTI files (sorted) except label maps and masks (:func:`label_file_reason`: by name, or integer
-    images with few values; :func:`discover_scans` lists them); a folder with no NIfTI files but with other
-    files is one DICOM series; a folder holding only sub-folders is expanded recursively. Missing paths are
-    kept, so they fail as a scan. ``scan`` ids (file stem or folder name) are made unique with a ``-2``,
-    ``-3`` suffix.
+    Any other folder contributes its NIfTI files (sorted) except label maps and masks
+    (:func:`label_file_reason`: by name, or integer images with few values; :func:`discover_scans` lists them);
+    a folder with no NIfTI files but with other files is one DICOM series; a folder holding only sub-folders is
+    expanded recursively. Missing paths are kept, so they fail as a scan. ``scan`` ids (file stem or folder
+    name) are made unique with a ``-2``, ``-3`` suffix.
     """
     return discover_scans(inputs)[0]
 
@@ -542,7 +544,8 @@ def output_paths(out: str | os.PathLike, item: Mapping[str, str], layout: str = 
         return {"mask": Path(f"{stem}{DSEG_SUFFIX}"), "qc": Path(f"{stem}{QC_SUFFIX}"),
                 "json": Path(f"{stem}{DSEG_SUFFIX[:-len('.nii.gz')]}.json")}
     stem = Path(out) / plain_name(item["scan"])
-    return {"mask": Path(f"{stem}{MASK_SUFFIX}"), "qc": Path(f"{stem}{QC_SUFFIX}"), "json": Path(f"{stem}{SCAN_JSON_SUFFIX}")}
+    return {"mask": Path(f"{stem}{MASK_SUFFIX}"), "qc": Path(f"{stem}{QC_SUFFIX}"),
+            "json": Path(f"{stem}{SCAN_JSON_SUFFIX}")}
 
 
 def qc_picture_of(mask_path: str) -> str:
@@ -600,12 +603,13 @@ def predict(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, task: s
     in ``volumes.csv`` per scan, with its QC verdict (:func:`mrivol_monai.scan_qc.qc_reasons`); ``labels.json``
     names the mask's values. ``layout`` ``bids`` names and places them as BIDS derivatives instead
     (:func:`output_paths`) and adds ``dseg.tsv`` and ``dataset_description.json``. ``report.html`` and its
-    cohort plot (:mod:`mrivol_monai.batch_report`) are rewritten after each scan unless ``html_report`` is False. ``task`` subcortical runs two stages when a stage-2 model is
-    shipped or given as ``fine_model`` (:mod:`mrivol_monai.two_stage`). A scan that already has a row for the
-    same input and a mask in ``out`` (an earlier or parallel run) is skipped unless ``overwrite``; a redone
-    scan's row replaces its old one. A bad scan is reported through ``report`` (default: ``error: <path>:
-    <problem>`` on stderr) and skipped; so are the ``header`` lines and the label/mask files left out of
-    folders (one line). A bad model or output folder raises :class:`InputError` before any scan is read.
+    cohort plot (:mod:`mrivol_monai.batch_report`) are rewritten after each scan unless ``html_report`` is
+    False. ``task`` subcortical runs two stages when a stage-2 model is shipped or given as ``fine_model``
+    (:mod:`mrivol_monai.two_stage`). A scan that already has a row for the same input and a mask in ``out`` (an
+    earlier or parallel run) is skipped unless ``overwrite``; a redone scan's row replaces its old one. A bad
+    scan is reported through ``report`` (default: ``error: <path>: <problem>`` on stderr) and skipped; so are the
+    ``header`` lines and the label/mask files left out of folders (one line). A bad model or output folder
+    raises :class:`InputError` before any scan is read.
     """
     say = report or (lambda msg: tqdm.write(msg, file=sys.stderr))
     out = Path(out)

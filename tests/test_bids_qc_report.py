@@ -223,3 +223,38 @@ def test_qc_column_and_report_html_whose_images_all_exist(tmp_path, layout):
     for verdict in verdicts.values():
         assert verdict.split(";")[0] in page
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]  # every file written via temp + rename
+
+
+def test_two_stage_volume_names_give_a_pair_per_structure_to_the_asymmetry_check():
+    from mrivol_monai.two_stage import volume_names
+
+    image, brain, _ = qc_scan()
+    volumes = {name: 5.0 for name in volume_names()}
+    assert qc_reasons(image, brain, volumes) == []
+    pairs = sorted(n[: -len("_left")] for n in volume_names() if n.endswith("_left"))
+    assert pairs == ["amygdala", "caudate", "hippocampus", "putamen", "thalamus"]
+    for name in pairs:
+        lopsided = {**volumes, f"{name}_right": 2.0}
+        assert qc_reasons(image, brain, lopsided) == [f"{name} asymmetry 0.60 > 0.35"]
+
+
+def test_an_earlier_versions_volumes_csv_is_widened_and_its_scans_not_redone(tmp_path):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for name in ("one", "two"):
+        image, mask, affine = qc_scan()
+        np.save(f"{save(scans / f'{name}.nii.gz', image, affine)}.mask.npy", mask)
+    out = tmp_path / "out"
+    predict([scans / "one.nii.gz"], out, predictor=FixedPredictor(), progress=False, qc=False)
+    old = rows_of(out)[0]
+    old_columns = ["scan", "input", "mask", "brain_ml"]  # volumes.csv before subject, session and qc
+    (out / "volumes.csv").write_text(",".join(old_columns) + "\n" + ",".join(old[c] for c in old_columns) + "\n")
+    stamp = (out / "one_seg.nii.gz").stat().st_mtime_ns
+
+    result = predict([scans], out, predictor=FixedPredictor(), progress=False, qc=False)
+    assert [Path(p).name for p in result.done] == ["one.nii.gz"] and [r["scan"] for r in result.rows] == ["two"]
+    rows = rows_of(out)
+    assert [(r["scan"], r["brain_ml"], r["qc"]) for r in rows] == [("one", old["brain_ml"], ""),
+                                                                  ("two", old["brain_ml"], QC_PASS)]
+    assert (out / "one_seg.nii.gz").stat().st_mtime_ns == stamp
+    assert "1 pass QC, 0 flagged, 1 not checked" in (out / "report.html").read_text()
