@@ -28,6 +28,7 @@ __all__ = [
     "dataset_description",
     "derivative_stem",
     "dseg_tsv",
+    "enclosing_bids_root",
     "is_bids_root",
 ]
 
@@ -65,6 +66,18 @@ def is_bids_root(folder: str | os.PathLike) -> bool:
     if (folder / "dataset_description.json").is_file() and any(p.is_dir() for p in folder.glob("sub-*")):
         return True
     return any(_t1w_files(anat) for anat in _anat_folders(folder))
+
+
+def enclosing_bids_root(folder: str | os.PathLike) -> Path | None:
+    """The BIDS dataset root that ``folder`` (a ``sub-*``, ``sub-*/ses-*`` or ``.../anat`` folder) belongs to,
+    else None."""
+    folder = Path(folder).absolute()
+    for depth, parent in enumerate(folder.parents):
+        if depth >= 3:
+            return None
+        if folder.relative_to(parent).parts[0].startswith("sub-") and is_bids_root(parent):
+            return parent
+    return None
 
 
 def bids_t1w_scans(root: str | os.PathLike) -> list[dict[str, str]]:

@@ -50,7 +50,14 @@ from tqdm import tqdm
 from mrivol_monai import __version__
 from mrivol_monai.atomic_io import atomic_path, plain_name, write_atomic
 from mrivol_monai.batch_report import write_report
-from mrivol_monai.bids import DSEG_SUFFIX, bids_t1w_scans, derivative_stem, is_bids_root, write_derivative_metadata
+from mrivol_monai.bids import (
+    DSEG_SUFFIX,
+    bids_t1w_scans,
+    derivative_stem,
+    enclosing_bids_root,
+    is_bids_root,
+    write_derivative_metadata,
+)
 from mrivol_monai.data.nifti_reader import read_nifti
 from mrivol_monai.distributed import shard as take_shard
 from mrivol_monai.errors import InputError
@@ -103,6 +110,7 @@ MASK_SUFFIX = "_seg.nii.gz"
 MASK_SUFFIXES = {"flat": MASK_SUFFIX, "bids": DSEG_SUFFIX}
 QC_SUFFIX = "_qc.png"
 SCAN_JSON_SUFFIX = "_volumes.json"
+REPORT_WAIT = 3.0  # report.html waits this many times its last rewrite's duration before the next (see predict)
 PREDICT_COLUMNS = ("subject", "session", "qc")  # after volume_columns in mrivol predict's volumes.csv
 VOLUMES_CSV = "volumes.csv"
 LABELS_JSON = "labels.json"
@@ -167,6 +175,12 @@ def discover_scans(inputs: Sequence[str | os.PathLike] | str | os.PathLike
             found.extend(bids or [{"image": str(path), "error": "BIDS dataset without any "
                                    "sub-*/[ses-*/]anat/*_T1w.nii[.gz] file"}])
             return
+        root = enclosing_bids_root(path)
+        if root is not None:  # a subject, session or anat folder of a BIDS dataset: its T1w scans only
+            inside = [s for s in bids_t1w_scans(root) if Path(s["image"]).absolute().is_relative_to(path.absolute())]
+            found.extend(inside or [{"image": str(path), "error": f"no *_T1w.nii[.gz] scan in this folder of the "
+                                                                  f"BIDS dataset {root}"}])
+            return
         entries = sorted(path.iterdir())
         niftis = [p for p in entries if p.is_file() and _is_nifti(p)]
         if niftis:
@@ -199,7 +213,8 @@ def find_scans(inputs: Sequence[str | os.PathLike] | str | os.PathLike) -> list[
     A file is one scan (whatever its name; unreadable files fail later, one by one). A BIDS dataset root
     (:func:`mrivol_monai.bids.is_bids_root`) contributes its ``sub-*/[ses-*/]anat/*_T1w.nii[.gz]`` files, with
     ``subject`` and ``session`` entries and the file name without ``_T1w`` as ``scan``
-    (:func:`mrivol_monai.bids.bids_t1w_scans`; a BIDS root without such files gives one item with an ``error``).
+    (:func:`mrivol_monai.bids.bids_t1w_scans`; a BIDS root without such files gives one item with an ``error``);
+    so does a ``sub-*``, session or ``anat`` folder of a BIDS dataset, with the T1w scans inside it.
     Any other folder contributes its NIfTI files (sorted) except label maps and masks
     (:func:`label_file_reason`: by name, or integer images with few values; :func:`discover_scans` lists them);
     a folder with no NIfTI files but with other files is one DICOM series; a folder holding only sub-folders is
@@ -599,17 +614,17 @@ def predict(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, task: s
     """Segment every scan of ``inputs`` (see :func:`find_scans`), or shard ``(K, N)`` of them (every N-th scan
     from the K-th: the same split in every process given the same inputs), into ``out``.
 
-    Writes ``<scan>_seg.nii.gz``, ``<scan>_qc.png`` (unless ``qc`` is False), ``<scan>_volumes.json`` and a row
-    in ``volumes.csv`` per scan, with its QC verdict (:func:`mrivol_monai.scan_qc.qc_reasons`); ``labels.json``
-    names the mask's values. ``layout`` ``bids`` names and places them as BIDS derivatives instead
-    (:func:`output_paths`) and adds ``dseg.tsv`` and ``dataset_description.json``. ``report.html`` and its
-    cohort plot (:mod:`mrivol_monai.batch_report`) are rewritten after each scan unless ``html_report`` is
-    False. ``task`` subcortical runs two stages when a stage-2 model is shipped or given as ``fine_model``
-    (:mod:`mrivol_monai.two_stage`). A scan that already has a row for the same input and a mask in ``out`` (an
-    earlier or parallel run) is skipped unless ``overwrite``; a redone scan's row replaces its old one. A bad
-    scan is reported through ``report`` (default: ``error: <path>: <problem>`` on stderr) and skipped; so are the
-    ``header`` lines and the label/mask files left out of folders (one line). A bad model or output folder
-    raises :class:`InputError` before any scan is read.
+    Writes ``<scan>_seg.nii.gz``, ``<scan>_qc.png`` (unless ``qc`` is False), ``<scan>_volumes.json`` and a row in
+    ``volumes.csv`` per scan, with its QC verdict (:func:`mrivol_monai.scan_qc.qc_reasons`); ``labels.json`` names
+    the mask's values. ``layout`` ``bids`` names and places them as BIDS derivatives instead (:func:`output_paths`)
+    and adds ``dseg.tsv`` and ``dataset_description.json``. ``report.html`` and its cohort plot
+    (:mod:`mrivol_monai.batch_report`) are rewritten after each scan (throttled for big folders, ``REPORT_WAIT``)
+    and at the end, unless ``html_report`` is False. ``task`` subcortical runs two stages when a stage-2 model is
+    shipped or given as ``fine_model`` (:mod:`mrivol_monai.two_stage`). A scan that already has a row for the same
+    input and a mask in ``out`` (an earlier or parallel run) is skipped unless ``overwrite``; a redone scan's row
+    replaces its old one. A bad scan is reported through ``report`` (default: ``error: <path>: <problem>`` on
+    stderr) and skipped; so are the ``header`` lines and the label/mask files left out of folders (one line). A bad
+    model or output folder raises :class:`InputError` before any scan is read.
     """
     say = report or (lambda msg: tqdm.write(msg, file=sys.stderr))
     out = Path(out)
@@ -630,8 +645,13 @@ def predict(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, task: s
                                   f"mrivol predict, task {predictor.spec.task}")
     volume_cols = [c for c in columns if c.endswith("_ml")]
 
-    def update_report() -> None:
-        if not html_report:
+    last_report = {"at": -float("inf"), "took": 0.0, "pending": True}
+
+    def update_report(final: bool = False) -> None:
+        """Rewrite report.html from volumes.csv; between scans only once ``REPORT_WAIT`` x the last rewrite's
+        time has passed since it (a 10,000-row report takes ~0.75 s), so the report costs at most ~1/4 of a run."""
+        started = time.perf_counter()
+        if not html_report or (not final and started - last_report["at"] < REPORT_WAIT * last_report["took"]):
             return
         rows = table.rows()
         try:
@@ -640,6 +660,7 @@ def predict(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, task: s
                          title=f"mrivol {predictor.spec.task} volumes")
         except Exception as err:  # the report is a view of volumes.csv: losing one update must not stop the batch
             say(f"warning: {out / 'report.html'} not updated: {type(err).__name__}: {str(err)[:200]}")
+        last_report.update(at=time.perf_counter(), took=time.perf_counter() - started, pending=False)
     for line in header:  # e.g. which model and how many threads, once the model and output folder are good
         say(line)
     found, result.skipped = discover_scans(inputs)
@@ -682,10 +703,11 @@ def predict(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, task: s
             say(f"error: {message}")
             continue
         result.rows.append(row)
+        last_report["pending"] = True
         update_report()  # current during a long run
         result.seconds.append(time.perf_counter() - start)
-    if not result.rows:
-        update_report()  # nothing new (all done or all failed): still a report of what the folder holds
+    if last_report["pending"]:  # the last scans' rows, or (nothing new) a report of what the folder holds
+        update_report(final=True)
     return result
 
 

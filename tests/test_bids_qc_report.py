@@ -53,12 +53,17 @@ def test_bids_root_gives_its_t1w_scans_with_subject_and_session(bids_root):
         ("sub-01_ses-a", "01", "a"), ("sub-01_ses-b", "01", "b"), ("sub-02", "02", "")]
     assert [Path(s["image"]).name for s in scans] == ["sub-01_ses-a_T1w.nii.gz", "sub-01_ses-b_T1w.nii.gz",
                                                      "sub-02_T1w.nii"]
+    # a subject, session or anat folder of the dataset: its T1w scans, with their ids (not the T2w or the dseg)
+    assert [s["scan"] for s in find_scans([bids_root / "sub-01"])] == ["sub-01_ses-a", "sub-01_ses-b"]
+    assert [s["scan"] for s in find_scans([bids_root / "sub-01" / "ses-b"])] == ["sub-01_ses-b"]
+    assert [(s["scan"], s["subject"]) for s in find_scans([bids_root / "sub-02" / "anat"])] == [("sub-02", "02")]
 
 
 def test_bids_in_bids_derivatives_out_three_rows_with_ids_files_and_json(bids_root, tmp_path, capsys):
     ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
     out = tmp_path / "derivatives" / "mrivol"
-    assert main(["predict", str(bids_root), "--out", str(out), "--model", str(ckpt), "--quiet", "--layout", "bids"]) == 0
+    assert main(["predict", str(bids_root), "--out", str(out), "--model", str(ckpt), "--quiet",
+                 "--layout", "bids"]) == 0
     rows = rows_of(out)
     assert [(r["scan"], r["subject"], r["session"]) for r in rows] == [
         ("sub-01_ses-a", "01", "a"), ("sub-01_ses-b", "01", "b"), ("sub-02", "02", "")]
@@ -89,7 +94,8 @@ def test_bids_root_in_the_flat_layout_and_a_bids_root_without_t1w(bids_root, tmp
     (empty / "sub-09" / "anat").mkdir(parents=True)
     (empty / "dataset_description.json").write_text("{}")
     out = tmp_path / "out"
-    status = main(["predict", str(bids_root), str(empty), "--out", str(out), "--model", str(ckpt), "--quiet", "--no-qc"])
+    status = main(["predict", str(bids_root), str(empty), "--out", str(out), "--model", str(ckpt), "--quiet",
+                   "--no-qc"])
     assert status == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert errors == [f"error: {empty}: BIDS dataset without any sub-*/[ses-*/]anat/*_T1w.nii[.gz] file"]
@@ -161,8 +167,8 @@ def test_left_right_asymmetry_is_flagged_only_when_far_outside_normal():
     shrunk[(symmetric == 2) & (np.arange(40)[None, None, :] > 23)] = 0
     volumes = volumes_ml(shrunk, affine, names)
     assert asymmetry(volumes["thalamus_left"], volumes["thalamus_right"]) > 0.35
-    assert qc_reasons(image, shrunk, volumes) == [f"thalamus asymmetry "
-                                                  f"{asymmetry(volumes['thalamus_left'], volumes['thalamus_right']):.2f} > 0.35"]
+    index = asymmetry(volumes["thalamus_left"], volumes["thalamus_right"])
+    assert qc_reasons(image, shrunk, volumes) == [f"thalamus asymmetry {index:.2f} > 0.35"]
 
 
 # -- predict end to end with QC, and the HTML report --------------------------------------------------------------
@@ -258,3 +264,26 @@ def test_an_earlier_versions_volumes_csv_is_widened_and_its_scans_not_redone(tmp
                                                                   ("two", old["brain_ml"], QC_PASS)]
     assert (out / "one_seg.nii.gz").stat().st_mtime_ns == stamp
     assert "1 pass QC, 0 flagged, 1 not checked" in (out / "report.html").read_text()
+
+
+def test_report_is_current_while_the_batch_runs(tmp_path, monkeypatch):
+    import mrivol_monai.predict as predict_module
+
+    monkeypatch.setattr(predict_module, "REPORT_WAIT", 0.0)  # no throttling: these fake scans take milliseconds
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for name in ("a", "b", "c"):
+        image, mask, affine = qc_scan()
+        np.save(f"{save(scans / f'{name}.nii.gz', image, affine)}.mask.npy", mask)
+    out = tmp_path / "out"
+    seen = []
+
+    class Watching(FixedPredictor):
+        def segment(self, path):
+            report = out / "report.html"
+            seen.append(report.read_text().count("<tr>") - 1 if report.exists() else None)
+            return super().segment(path)
+
+    predict([scans], out, predictor=Watching(), progress=False, qc=False)
+    assert seen == [None, 1, 2]  # when each scan starts, the report already lists the ones before it
+    assert (out / "report.html").read_text().count("<tr>") - 1 == 3
