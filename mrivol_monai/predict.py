@@ -649,7 +649,8 @@ def predict(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, task: s
 
     def update_report(final: bool = False) -> None:
         """Rewrite report.html from volumes.csv; between scans only once ``REPORT_WAIT`` x the last rewrite's
-        time has passed since it (a 10,000-row report takes ~0.75 s), so the report costs at most ~1/4 of a run."""
+        time has passed since it (10,000 rows took 0.72 s: benchmarks/report_speed.py), so the report costs at
+        most ~1/4 of a run."""
         started = time.perf_counter()
         if not html_report or (not final and started - last_report["at"] < REPORT_WAIT * last_report["took"]):
             return
