@@ -287,3 +287,23 @@ def test_report_is_current_while_the_batch_runs(tmp_path, monkeypatch):
     predict([scans], out, predictor=Watching(), progress=False, qc=False)
     assert seen == [None, 1, 2]  # when each scan starts, the report already lists the ones before it
     assert (out / "report.html").read_text().count("<tr>") - 1 == 3
+
+
+def test_output_paths_of_both_layouts(tmp_path):
+    from mrivol_monai.errors import InputError
+    from mrivol_monai.predict import output_paths, qc_picture_of
+
+    bids = {"scan": "sub-01_ses-a_run-2", "subject": "01", "session": "a"}
+    paths = output_paths(tmp_path, bids, "bids")
+    anat = tmp_path / "sub-01" / "ses-a" / "anat"
+    assert paths == {"mask": anat / "sub-01_ses-a_run-2_space-orig_dseg.nii.gz",
+                     "qc": anat / "sub-01_ses-a_run-2_qc.png", "json": anat / "sub-01_ses-a_run-2_space-orig_dseg.json"}
+    assert output_paths(tmp_path, {"scan": "scan1"}, "bids")["mask"] == tmp_path / "scan1_space-orig_dseg.nii.gz"
+    assert output_paths(tmp_path, {"scan": "scan1"}) == {"mask": tmp_path / "scan1_seg.nii.gz",
+                                                         "qc": tmp_path / "scan1_qc.png",
+                                                         "json": tmp_path / "scan1_volumes.json"}
+    for layout in ("flat", "bids"):
+        found = output_paths(tmp_path, bids, layout)
+        assert qc_picture_of(str(found["mask"])) == str(found["qc"])
+    with pytest.raises(InputError, match="unknown layout 'nested'"):
+        output_paths(tmp_path, bids, "nested")
