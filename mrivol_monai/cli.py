@@ -2,16 +2,18 @@
 
     mrivol predict INPUT... --out DIR [--task brain|subcortical] [--model PATH] [--fine-model PATH]
                    [--backend torch|onnx] [--threads N] [--trust-bundle] [--series ID]
-                   [--shard K/N] [--overwrite]
+                   [--shard K/N] [--overwrite] [--layout flat|bids]
     torchrun --nproc_per_node=N -m mrivol_monai predict INPUT... --out DIR   (the scans split over N processes)
     mrivol export --format torchscript|onnx --out FILE [--task T] [--model PATH] [--trust-bundle]
     mrivol export-weights --task T --checkpoint bundle/models/model.pt [--config bundle/configs/train.json ...]
     mrivol bundle-model [--task T] [--bundle DIR]
 
-``predict`` first says on stderr which model it uses (file, task, network, how it was trained) and how many
-threads. Checkpoints are read with ``torch.load(weights_only=True)``. A bundle folder given as ``--model`` is
-described by the literal values of its ``configs/train.json``; a bundle is code, and its ``$`` expressions run
-only with ``--trust-bundle``.
+``predict`` takes NIfTI files, folders, DICOM series folders and BIDS dataset roots; besides masks it writes
+``volumes.csv`` (one row per scan, a ``qc`` column), a JSON per scan and ``report.html``; ``--layout bids`` names
+the outputs as BIDS derivatives. It first says on stderr which model it uses (file, task, network, how it was
+trained) and how many threads. Checkpoints are read with ``torch.load(weights_only=True)``. A bundle folder
+given as ``--model`` is described by the literal values of its ``configs/train.json``; a bundle is code, and its
+``$`` expressions run only with ``--trust-bundle``.
 
 Bad input prints ``error: <file>: <problem>`` on stderr (no traceback); the exit status is 1 if any scan
 failed, 2 if nothing could run (bad model, output folder, options).
@@ -36,14 +38,15 @@ TRUST_HELP = ("a bundle is code: let --model BUNDLE_DIR run the $ expressions of
 def parser() -> argparse.ArgumentParser:
     """The argument parser of ``mrivol`` (sub-commands ``predict``, ``export``, ``export-weights``, ``bundle-model``)."""
     from mrivol_monai.export import FORMATS
-    from mrivol_monai.predict import BACKENDS
+    from mrivol_monai.predict import BACKENDS, LAYOUTS
 
     top = argparse.ArgumentParser(prog="mrivol", description="Brain-structure volumes (mL) from 3D T1 MRI.")
     sub = top.add_subparsers(dest="command", required=True)
 
     pred = sub.add_parser("predict", help="segment scans: native-space masks, volumes.csv, QC pictures")
     pred.add_argument("inputs", nargs="+", metavar="INPUT",
-                      help="NIfTI files, folders of them, or DICOM series folders")
+                      help="NIfTI files, folders of them, DICOM series folders, or BIDS dataset roots "
+                           "(their sub-*/[ses-*/]anat/*_T1w.nii[.gz] scans)")
     pred.add_argument("--out", required=True, help="output folder (masks, QC PNGs, volumes.csv)")
     pred.add_argument("--task", choices=TASKS, default=None,
                       help="structures to segment (default: the model's task; brain for the shipped default)")
@@ -66,6 +69,10 @@ def parser() -> argparse.ArgumentParser:
                       help="segment only shard K of N (0 <= K < N; every N-th scan from the K-th), e.g. "
                            "--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; under torchrun each rank "
                            "further takes its share of that shard")
+    pred.add_argument("--layout", choices=LAYOUTS, default="flat",
+                      help="flat: every file in --out (default); bids: BIDS-derivatives folders and names "
+                           "(sub-X/[ses-Y/]anat/sub-X[_ses-Y]_space-orig_dseg.nii.gz, dseg.tsv, "
+                           "dataset_description.json)")
     pred.add_argument("--overwrite", action="store_true",
                       help="redo scans that already have a row in volumes.csv and a mask (default: skip them)")
 
@@ -107,7 +114,7 @@ def _predict(args: argparse.Namespace) -> int:
     predictor = predictor_for(args.model, args.task, args.backend, args.fine_model, threads=threads,
                               trust_bundle=args.trust_bundle, series=args.series)
     result = predict(args.inputs, args.out, predictor=predictor, qc=not args.no_qc, progress=not args.quiet,
-                     shard=_shard(args.shard), overwrite=args.overwrite,
+                     shard=_shard(args.shard), overwrite=args.overwrite, layout=args.layout,
                      header=[*(predictor.model_lines() if hasattr(predictor, "model_lines") else [model_line(predictor)]),
                              f"threads: {threads} ({why})"])
     print(summary_line(result))

@@ -7,11 +7,13 @@ model's (D, H, W) grid, head z-score; :func:`preprocessing` is that chain in MON
 own voxel grid -> argmax. Both directions run through :mod:`mrivol_monai.native_grid`, which does what
 those MONAI transforms and ``Invertd`` do without whole-volume copies (tests check it against them).
 Volumes are voxel counts of the native mask times the input's voxel volume. :func:`predict` runs that over
-many scans, writes ``<scan>_seg.nii.gz`` (the input's affine and shape), ``<scan>_qc.png`` and one
-``volumes.csv`` row per scan, and reports bad inputs one line each without stopping. It can take one shard
-of the scans (torchrun ranks, ``--shard K/N`` array jobs) and skips scans a previous or parallel run already
-finished (a row and a mask), so any number of processes and re-runs leave one row per scan
-(:mod:`mrivol_monai.volumes_csv`).
+many scans (files, folders, DICOM series, BIDS datasets), writes ``<scan>_seg.nii.gz`` (the input's affine and
+shape), ``<scan>_qc.png``, ``<scan>_volumes.json`` and one ``volumes.csv`` row per scan with its QC verdict
+(:mod:`mrivol_monai.scan_qc`), or the same as BIDS derivatives (:mod:`mrivol_monai.bids`), keeps
+``report.html`` current (:mod:`mrivol_monai.batch_report`), and reports bad inputs one line each without
+stopping. It can take one shard of the scans (torchrun ranks, ``--shard K/N`` array jobs) and skips scans a
+previous or parallel run already finished (a row and a mask), so any number of processes and re-runs leave one
+row per scan (:mod:`mrivol_monai.volumes_csv`).
 """
 
 from __future__ import annotations
@@ -45,13 +47,24 @@ from monai.transforms import (
 )
 from tqdm import tqdm
 
-from mrivol_monai.atomic_io import atomic_path, write_atomic
+from mrivol_monai import __version__
+from mrivol_monai.atomic_io import atomic_path, plain_name, write_atomic
+from mrivol_monai.batch_report import write_report
+from mrivol_monai.bids import (
+    DSEG_SUFFIX,
+    bids_t1w_scans,
+    derivative_stem,
+    enclosing_bids_root,
+    is_bids_root,
+    write_derivative_metadata,
+)
 from mrivol_monai.data.nifti_reader import read_nifti
 from mrivol_monai.distributed import shard as take_shard
 from mrivol_monai.errors import InputError
 from mrivol_monai.intervals import soft_hard_gap
 from mrivol_monai.native_grid import CROP_MARGIN, GridMap, channel_argmax, model_input
 from mrivol_monai.networks import SliceSegmenter, fold_batch_norm
+from mrivol_monai.scan_qc import qc_reasons, qc_verdict
 from mrivol_monai.transforms import (
     CheckVolumed,
     HeadZScored,
@@ -74,6 +87,8 @@ __all__ = [
     "find_scans",
     "label_file_reason",
     "model_line",
+    "output_paths",
+    "predict_columns",
     "channel_argmax",
     "check_field_of_view",
     "dicom_series",
@@ -90,9 +105,14 @@ __all__ = [
 ]
 
 BACKENDS = ("torch", "onnx")
+LAYOUTS = ("flat", "bids")  # flat: every file in --out; bids: BIDS-derivatives folders and names (mrivol_monai.bids)
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 MASK_SUFFIX = "_seg.nii.gz"
+MASK_SUFFIXES = {"flat": MASK_SUFFIX, "bids": DSEG_SUFFIX}
 QC_SUFFIX = "_qc.png"
+SCAN_JSON_SUFFIX = "_volumes.json"
+REPORT_WAIT = 3.0  # report.html waits this many times its last rewrite's duration before the next (see predict)
+PREDICT_COLUMNS = ("subject", "session", "qc")  # after volume_columns in mrivol predict's volumes.csv
 VOLUMES_CSV = "volumes.csv"
 LABELS_JSON = "labels.json"
 MIN_HEAD_VOXELS = 16  # per axis: fewer cannot show a head (an 8x8x8 volume, a single slab)
@@ -144,12 +164,23 @@ def discover_scans(inputs: Sequence[str | os.PathLike] | str | os.PathLike
     """:func:`find_scans`, plus the files it left out of folders: ``[(path, reason), ...]``."""
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
-    found: list[Path] = []
+    found: list[dict[str, str]] = []  # {"image": path} or a BIDS scan's {"image", "scan", "subject", "session"}
     skipped: list[tuple[str, str]] = []
 
     def expand(path: Path) -> None:
         if not path.is_dir():
-            found.append(path)
+            found.append({"image": str(path)})
+            return
+        if is_bids_root(path):
+            bids = bids_t1w_scans(path)
+            found.extend(bids or [{"image": str(path), "error": "BIDS dataset without any "
+                                   "sub-*/[ses-*/]anat/*_T1w.nii[.gz] file"}])
+            return
+        root = enclosing_bids_root(path)
+        if root is not None:  # a subject, session or anat folder of a BIDS dataset: its T1w scans only
+            inside = [s for s in bids_t1w_scans(root) if Path(s["image"]).absolute().is_relative_to(path.absolute())]
+            found.extend(inside or [{"image": str(path), "error": f"no *_T1w.nii[.gz] scan in this folder of the "
+                                                                  f"BIDS dataset {root}"}])
             return
         entries = sorted(path.iterdir())
         niftis = [p for p in entries if p.is_file() and _is_nifti(p)]
@@ -159,9 +190,9 @@ def discover_scans(inputs: Sequence[str | os.PathLike] | str | os.PathLike
                 if reason:
                     skipped.append((str(nifti), reason))
                 else:
-                    found.append(nifti)
+                    found.append({"image": str(nifti)})
         elif any(p.is_file() for p in entries) or not entries:
-            found.append(path)  # a DICOM series (or an empty folder, reported when read)
+            found.append({"image": str(path)})  # a DICOM series (or an empty folder, reported when read)
         else:
             for sub in entries:
                 if sub.is_dir():
@@ -170,22 +201,26 @@ def discover_scans(inputs: Sequence[str | os.PathLike] | str | os.PathLike
     for item in inputs:
         expand(Path(item))
     scans, seen = [], {}
-    for path in found:
-        base = _scan_id(path)
+    for item in found:
+        base = item.get("scan") or _scan_id(Path(item["image"]))
         seen[base] = seen.get(base, 0) + 1
-        scans.append({"image": str(path), "scan": base if seen[base] == 1 else f"{base}-{seen[base]}"})
+        scans.append({**item, "scan": base if seen[base] == 1 else f"{base}-{seen[base]}"})
     return scans, skipped
 
 
 def find_scans(inputs: Sequence[str | os.PathLike] | str | os.PathLike) -> list[dict[str, str]]:
     """Expand INPUT arguments into ``[{"image": path, "scan": id}, ...]`` in argument order.
 
-    A file is one scan (whatever its name; unreadable files fail later, one by one). A folder contributes
-    its NIfTI files (sorted) except label maps and masks (:func:`label_file_reason`: by name, or integer
-    images with few values; :func:`discover_scans` lists them); a folder with no NIfTI files but with other
-    files is one DICOM series; a folder holding only sub-folders is expanded recursively. Missing paths are
-    kept, so they fail as a scan. ``scan`` ids (file stem or folder name) are made unique with a ``-2``,
-    ``-3`` suffix.
+    A file is one scan (whatever its name; unreadable files fail later, one by one). A BIDS dataset root
+    (:func:`mrivol_monai.bids.is_bids_root`) contributes its ``sub-*/[ses-*/]anat/*_T1w.nii[.gz]`` files, with
+    ``subject`` and ``session`` entries and the file name without ``_T1w`` as ``scan``
+    (:func:`mrivol_monai.bids.bids_t1w_scans`; a BIDS root without such files gives one item with an ``error``);
+    so does a ``sub-*``, session or ``anat`` folder of a BIDS dataset, with the T1w scans inside it.
+    Any other folder contributes its NIfTI files (sorted) except label maps and masks
+    (:func:`label_file_reason`: by name, or integer images with few values; :func:`discover_scans` lists them);
+    a folder with no NIfTI files but with other files is one DICOM series; a folder holding only sub-folders is
+    expanded recursively. Missing paths are kept, so they fail as a scan. ``scan`` ids (file stem or folder
+    name) are made unique with a ``-2``, ``-3`` suffix.
     """
     return discover_scans(inputs)[0]
 
@@ -526,6 +561,42 @@ def volume_columns(class_names: Sequence[str]) -> list[str]:
     return ["scan", "input", "mask"] + [f"{name}_ml" for name in class_names[1:]]
 
 
+def predict_columns(class_names: Sequence[str]) -> list[str]:
+    """``mrivol predict``'s ``volumes.csv`` header: :func:`volume_columns`, then subject, session (BIDS inputs;
+    empty otherwise) and qc (``pass`` or the reasons, :mod:`mrivol_monai.scan_qc`)."""
+    return volume_columns(class_names) + list(PREDICT_COLUMNS)
+
+
+def output_paths(out: str | os.PathLike, item: Mapping[str, str], layout: str = "flat") -> dict[str, Path]:
+    """Where one scan's files go: ``mask``, ``qc`` (PNG) and ``json`` (its ``volumes.csv`` row).
+
+    ``flat``: ``out/<scan>_seg.nii.gz``, ``<scan>_qc.png``, ``<scan>_volumes.json``. ``bids``:
+    ``out/sub-X/[ses-Y/]anat/<scan>_space-orig_dseg.nii.gz`` with ``<scan>_qc.png`` and the mask's sidecar
+    ``<scan>_space-orig_dseg.json`` beside it (:func:`mrivol_monai.bids.derivative_stem`)."""
+    if layout not in LAYOUTS:
+        raise InputError(None, f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
+    if layout == "bids":
+        stem = derivative_stem(out, item["scan"], item.get("subject", ""), item.get("session", ""))
+        return {"mask": Path(f"{stem}{DSEG_SUFFIX}"), "qc": Path(f"{stem}{QC_SUFFIX}"),
+                "json": Path(f"{stem}{DSEG_SUFFIX[:-len('.nii.gz')]}.json")}
+    stem = Path(out) / plain_name(item["scan"])
+    return {"mask": Path(f"{stem}{MASK_SUFFIX}"), "qc": Path(f"{stem}{QC_SUFFIX}"),
+            "json": Path(f"{stem}{SCAN_JSON_SUFFIX}")}
+
+
+def qc_picture_of(mask_path: str) -> str:
+    """The QC PNG beside a mask written by :func:`predict` (either layout)."""
+    for suffix in MASK_SUFFIXES.values():
+        if mask_path.endswith(suffix):
+            return mask_path[: -len(suffix)] + QC_SUFFIX
+    return ""
+
+
+def scan_json(row: Mapping[str, str]) -> str:
+    """The per-scan JSON: the ``volumes.csv`` row with its ``*_ml`` values as numbers (the same numbers)."""
+    return json.dumps({k: float(v) if k.endswith("_ml") and v != "" else v for k, v in row.items()}, indent=2) + "\n"
+
+
 def _check_out_dir(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -559,17 +630,22 @@ def predict(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, task: s
             progress: bool = True, predictor: Predictor | None = None,
             report: Callable[[str], None] | None = None, header: Sequence[str] = (),
             fine_model: str | os.PathLike | None = None, trust_bundle: bool = False,
-            series: str | None = None, shard: tuple[int, int] = (0, 1), overwrite: bool = False) -> PredictReport:
+            series: str | None = None, shard: tuple[int, int] = (0, 1), overwrite: bool = False,
+            layout: str = "flat", html_report: bool = True) -> PredictReport:
     """Segment every scan of ``inputs`` (see :func:`find_scans`), or shard ``(K, N)`` of them (every N-th scan
     from the K-th: the same split in every process given the same inputs), into ``out``.
 
-    Writes ``<scan>_seg.nii.gz``, ``<scan>_qc.png`` (unless ``qc`` is False) and a row in ``volumes.csv`` per
-    scan; ``labels.json`` names the mask's values. ``task`` subcortical runs two stages when a stage-2 model is
-    shipped or given as ``fine_model`` (:mod:`mrivol_monai.two_stage`). A scan that already has a row for the
-    same input and a mask in ``out`` (an earlier or parallel run) is skipped unless ``overwrite``; a redone
-    scan's row replaces its old one. A bad scan is reported through ``report`` (default: ``error: <path>:
-    <problem>`` on stderr) and skipped; so are the ``header`` lines and the label/mask files left out of
-    folders (one line). A bad model or output folder raises :class:`InputError` before any scan is read.
+    Writes ``<scan>_seg.nii.gz``, ``<scan>_qc.png`` (unless ``qc`` is False), ``<scan>_volumes.json`` and a row in
+    ``volumes.csv`` per scan, with its QC verdict (:func:`mrivol_monai.scan_qc.qc_reasons`); ``labels.json`` names
+    the mask's values. ``layout`` ``bids`` names and places them as BIDS derivatives instead (:func:`output_paths`)
+    and adds ``dseg.tsv`` and ``dataset_description.json``. ``report.html`` and its cohort plot
+    (:mod:`mrivol_monai.batch_report`) are rewritten after each scan (throttled for big folders, ``REPORT_WAIT``)
+    and at the end, unless ``html_report`` is False. ``task`` subcortical runs two stages when a stage-2 model is
+    shipped or given as ``fine_model`` (:mod:`mrivol_monai.two_stage`). A scan that already has a row for the same
+    input and a mask in ``out`` (an earlier or parallel run) is skipped unless ``overwrite``; a redone scan's row
+    replaces its old one. A bad scan is reported through ``report`` (default: ``error: <path>: <problem>`` on
+    stderr) and skipped; so are the ``header`` lines and the label/mask files left out of folders (one line). A bad
+    model or output folder raises :class:`InputError` before any scan is read.
     """
     say = report or (lambda msg: tqdm.write(msg, file=sys.stderr))
     out = Path(out)
@@ -577,13 +653,36 @@ def predict(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, task: s
         from mrivol_monai.two_stage import predictor_for
 
         predictor = predictor_for(model, task, backend, fine_model, trust_bundle=trust_bundle, series=series)
-    columns = volume_columns(getattr(predictor, "volume_names", predictor.spec.class_names))
+    columns = predict_columns(getattr(predictor, "volume_names", predictor.spec.class_names))
+    output_paths(out, {"scan": "x"}, layout)  # an unknown layout fails before any work
     result = PredictReport(csv_path=out / VOLUMES_CSV, task=predictor.spec.task, backend=predictor.backend,
                            shard=tuple(shard))
     _check_out_dir(out)
     table = VolumesTable(result.csv_path, columns)
     table.repair()  # header of another task -> InputError; a torn last line or duplicates from older versions
     write_atomic(out / LABELS_JSON, json.dumps(label_table(predictor.spec), indent=2) + "\n")
+    if layout == "bids":
+        write_derivative_metadata(out, predictor.spec.class_names, "mrivol_monai", __version__,
+                                  f"mrivol predict, task {predictor.spec.task}")
+    volume_cols = [c for c in columns if c.endswith("_ml")]
+
+    last_report = {"at": -float("inf"), "took": 0.0, "pending": True}
+
+    def update_report(final: bool = False) -> None:
+        """Rewrite report.html from volumes.csv; between scans only once ``REPORT_WAIT`` x the last rewrite's
+        time has passed since it (10,000 rows took 0.72 s: benchmarks/report_speed.py), so the report costs at
+        most ~1/4 of a run."""
+        started = time.perf_counter()
+        if not html_report or (not final and started - last_report["at"] < REPORT_WAIT * last_report["took"]):
+            return
+        rows = table.rows()
+        try:
+            write_report(out, rows, [c for c in volume_cols if not c.endswith("_soft_ml")],
+                         {r["scan"]: qc_picture_of(r["mask"]) for r in rows},
+                         title=f"mrivol {predictor.spec.task} volumes")
+        except Exception as err:  # the report is a view of volumes.csv: losing one update must not stop the batch
+            say(f"warning: {out / 'report.html'} not updated: {type(err).__name__}: {str(err)[:200]}")
+        last_report.update(at=time.perf_counter(), took=time.perf_counter() - started, pending=False)
     for line in header:  # e.g. which model and how many threads, once the model and output folder are good
         say(line)
     found, result.skipped = discover_scans(inputs)
@@ -593,8 +692,11 @@ def predict(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, task: s
     desc = f"mrivol {predictor.spec.task}" + (f" shard {shard[0]}/{shard[1]}" if shard[1] > 1 else "")
     for item in tqdm(scans, desc=desc, unit="scan", disable=not progress, file=sys.stderr):
         start = time.perf_counter()
-        mask_path = out / f"{item['scan']}{MASK_SUFFIX}"
+        paths = output_paths(out, item, layout)
+        mask_path = paths["mask"]
         try:
+            if item.get("error"):
+                raise InputError(item["image"], item["error"])
             done = table.get(item["scan"])
             if done is not None and not overwrite and mask_path.is_file():
                 if os.path.realpath(done["input"]) != os.path.realpath(item["image"]):
@@ -604,12 +706,15 @@ def predict(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, task: s
                 continue
             seg = predictor.segment(item["image"])
             save_mask(seg.mask, seg.affine, mask_path)
+            verdict = qc_verdict(qc_reasons(seg.image, seg.mask, seg.volumes))
             if qc:
                 volumes = ", ".join(f"{k} {v:.1f} mL" for k, v in seg.volumes.items())
-                save_qc_png(seg.image, seg.mask, seg.affine, out / f"{item['scan']}{QC_SUFFIX}",
-                            predictor.spec.class_names, f"{item['scan']}: {volumes}")
-            row = volume_row(item["scan"], item["image"], str(mask_path), seg.volumes)
-            table.put(row)  # last: a scan counts as done only once its mask and QC picture are in place
+                save_qc_png(seg.image, seg.mask, seg.affine, paths["qc"], predictor.spec.class_names,
+                            f"{item['scan']}: {volumes}; QC {verdict}")
+            row = {**volume_row(item["scan"], item["image"], str(mask_path), seg.volumes),
+                   "subject": item.get("subject", ""), "session": item.get("session", ""), "qc": verdict}
+            write_atomic(paths["json"], scan_json(row))
+            table.put(row)  # last: a scan counts as done only once its mask, QC picture and JSON are in place
         except InputError as err:
             result.failed.append((item["image"], str(err)))
             say(f"error: {err}")
@@ -620,7 +725,11 @@ def predict(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, task: s
             say(f"error: {message}")
             continue
         result.rows.append(row)
+        last_report["pending"] = True
+        update_report()  # current during a long run
         result.seconds.append(time.perf_counter() - start)
+    if last_report["pending"]:  # the last scans' rows, or (nothing new) a report of what the folder holds
+        update_report(final=True)
     return result
 
 

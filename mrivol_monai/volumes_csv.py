@@ -10,7 +10,8 @@ appended since, so checking "is this scan done?" does not re-read the whole file
 
 A file left by a crash, an older version or an editor is repaired under the lock before use
 (:meth:`VolumesTable.repair`): a last line without its newline is completed if it is a whole row and dropped
-if it is not (its scan then counts as not done), and duplicate rows of a scan keep the last one.
+if it is not (its scan then counts as not done), duplicate rows of a scan keep the last one, and a file whose
+header is the first part of today's (written before columns were added at the end) gets the new columns, empty.
 """
 
 from __future__ import annotations
@@ -86,6 +87,12 @@ class VolumesTable:
             raise InputError(self.path, f"has columns {first_line.rstrip()!r}, expected {self.header!r} "
                                         "(another task? use another --out)")
 
+    def _older_columns(self, first_line: str) -> list[str] | None:
+        """The header's columns if they are the first, but not all, of ``columns`` (a ``volumes.csv`` written by an
+        earlier version, before columns such as subject, session and qc were added at the end), else None."""
+        old = first_line.rstrip("\r\n").split(",")
+        return old if len(old) < len(self.columns) and old == self.columns[: len(old)] else None
+
     def _refresh(self) -> None:
         """Parse what was appended since the last call (everything, if the file was replaced). Under the lock."""
         try:
@@ -111,8 +118,9 @@ class VolumesTable:
 
     def repair(self) -> None:
         """Check the header and make the file well-formed: a final line without a newline becomes a whole row
-        (newline added) or, if it is not one, is dropped; duplicate rows of a scan keep the last. Rewrites the
-        file (temp + rename) only if something changed."""
+        (newline added) or, if it is not one, is dropped; duplicate rows of a scan keep the last; an earlier
+        version's header (the first of ``columns``) gets the missing columns, empty. Rewrites the file (temp +
+        rename) only if something changed."""
         with file_lock(self.lock_path):
             self._repair_locked()
 
@@ -126,6 +134,11 @@ class VolumesTable:
             return
         text = raw.decode("utf-8")
         first, _, body = text.partition("\n")
+        older = self._older_columns(first)
+        if older is not None:  # an earlier version's file: widen its whole rows, new columns empty
+            rows_before = [dict(zip(older, f)) for f in csv.reader(io.StringIO(body[: body.rfind("\n") + 1]))
+                           if len(f) == len(older)]
+            first, _, body = self._render(rows_before).partition("\n")
         self._check_header(first)
         lines = body.splitlines(keepends=True)
         if lines and not lines[-1].endswith("\n"):

@@ -242,7 +242,7 @@ def test_cli_reports_each_bad_input_on_one_line_and_finishes_the_others(tmp_path
         assert counted > 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
         [".volumes.csv.lock", "volumes.csv", "labels.json", "good1_seg.nii.gz", "good1_qc.png", "good2_seg.nii.gz",
-         "good2_qc.png"])
+         "good2_qc.png", "good1_volumes.json", "good2_volumes.json", "report.html", "cohort_volumes.png"])
 
 
 def test_checkpoint_for_another_task_and_unwritable_out_fail_up_front(tmp_path, scans, capsys):
