@@ -72,6 +72,12 @@ def save_cohort_plot(rows: Sequence[Mapping[str, str]], volume_columns: Sequence
     return path
 
 
+def _with_interval(row: Mapping[str, str], column: str) -> str:
+    """A volume cell: the value, and its 95 % interval when the row has one (``<column>_lo95``/``_hi95``)."""
+    value, low, high = row.get(column, ""), row.get(f"{column}_lo95", ""), row.get(f"{column}_hi95", "")
+    return f"{value} [{low}, {high}]" if value and low and high else value
+
+
 def write_report(out: str | os.PathLike, rows: Sequence[Mapping[str, str]], volume_columns: Sequence[str],
                  qc_picture: Mapping[str, str], title: str = "mrivol volumes") -> Path:
     """Write ``out/report.html`` and ``out/cohort_volumes.png`` for ``rows`` (``volumes.csv`` rows).
@@ -86,7 +92,7 @@ def write_report(out: str | os.PathLike, rows: Sequence[Mapping[str, str]], volu
     lines = []
     for row in rows:
         cells = [f"<td>{esc(row.get(c, ''))}</td>" for c in ids]
-        cells += [f"<td class=\"num\">{esc(row.get(c, ''))}</td>" for c in volume_columns]
+        cells += [f"<td class=\"num\">{esc(_with_interval(row, c))}</td>" for c in volume_columns]
         verdict = row.get("qc", "")
         cells.append(f"<td class=\"{'pass' if verdict == QC_PASS else 'flag'}\">{esc(verdict or 'not checked')}</td>")
         picture = qc_picture.get(row.get("scan", ""), "")

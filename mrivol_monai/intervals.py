@@ -67,6 +67,14 @@ class StructureCalibration:
     q_hi: float | None
     level: float
     n: int
+    median_width: float | None = None  # median (high - low) / volume on the calibration scans
+
+    def is_wide(self, volume: float, difficulty: float, factor: float = 2.0) -> bool:
+        """True if this scan's interval is unbounded or wider than ``factor`` x the calibration scans' median."""
+        low, high = self.interval(volume, difficulty)
+        if not math.isfinite(high) or volume <= 0:
+            return True
+        return self.median_width is not None and (high - low) / volume > factor * self.median_width
 
     def interval(self, volume: float, difficulty: float) -> tuple[float, float]:
         """Predicted volume (mL) + its difficulty -> (low, high) mL; an unbounded side is -inf / inf."""
@@ -88,8 +96,11 @@ def fit_structure(predicted: Sequence[float], true: Sequence[float], difficulty:
     scores = np.sort((t - v) / (v * (d + s0)))
     alpha = 1.0 - level
     lo, hi = conformal_rank(len(scores), alpha / 2), conformal_rank(len(scores), 1 - alpha / 2)
-    return StructureCalibration(s0, float(scores[lo - 1]) if lo else None, float(scores[hi - 1]) if hi else None,
-                                level, int(len(scores)))
+    fitted = StructureCalibration(s0, float(scores[lo - 1]) if lo else None, float(scores[hi - 1]) if hi else None,
+                                  level, int(len(scores)))
+    if lo and hi:
+        fitted.median_width = float(np.median([np.subtract(*fitted.interval(1.0, di)[::-1]) for di in d]))
+    return fitted
 
 
 def fit(rows: Sequence[Mapping[str, float]], structures: Sequence[str], level: float = LEVEL
@@ -111,6 +122,29 @@ def coverage(rows: Sequence[Mapping[str, float]], calibration: Mapping[str, Stru
             widths.append(100.0 * (high - low) / r[f"{name}_pred"] if r[f"{name}_pred"] > 0 else math.nan)
         out[name] = {"coverage": float(np.mean(inside)), "mean_width_pct": float(np.nanmean(widths)), "n": len(rows)}
     return out
+
+
+def interval_columns(names: Sequence[str]) -> list[str]:
+    """``volumes.csv`` columns of the intervals of ``names``: ``<name>_ml_lo95``, ``<name>_ml_hi95`` (at 95 %)."""
+    return [f"{name}_ml_{side}{round(100 * LEVEL)}" for name in names for side in ("lo", "hi")]
+
+
+def interval_cells(calibration: Mapping[str, StructureCalibration], volumes: Mapping[str, float],
+                   difficulty: Mapping[str, float]) -> dict[str, str]:
+    """The :func:`interval_columns` cells of one scan (mL, 3 decimals; ``inf`` for an unbounded side)."""
+    cells = {}
+    for name, cal in calibration.items():
+        low, high = cal.interval(volumes[name], difficulty.get(name, 0.0))
+        lo_col, hi_col = interval_columns([name])
+        cells[lo_col], cells[hi_col] = f"{low:.3f}", (f"{high:.3f}" if math.isfinite(high) else "inf")
+    return cells
+
+
+def wide_reason(calibration: Mapping[str, StructureCalibration], volumes: Mapping[str, float],
+                difficulty: Mapping[str, float]) -> list[str]:
+    """QC reasons for intervals unbounded or wider than twice the calibration scans' median width."""
+    return [f"wide 95 % interval for {name}" for name, cal in calibration.items()
+            if name in volumes and cal.is_wide(volumes[name], difficulty.get(name, 0.0))]
 
 
 def save(calibration: Mapping[str, StructureCalibration], path: str | os.PathLike, note: str = "") -> Path:

@@ -61,6 +61,7 @@ from mrivol_monai.bids import (
 from mrivol_monai.data.nifti_reader import read_nifti
 from mrivol_monai.distributed import shard as take_shard
 from mrivol_monai.errors import InputError
+from mrivol_monai import intervals
 from mrivol_monai.intervals import soft_hard_gap
 from mrivol_monai.native_grid import CROP_MARGIN, GridMap, channel_argmax, model_input
 from mrivol_monai.networks import SliceSegmenter, fold_batch_norm
@@ -653,7 +654,9 @@ def predict(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, task: s
         from mrivol_monai.two_stage import predictor_for
 
         predictor = predictor_for(model, task, backend, fine_model, trust_bundle=trust_bundle, series=series)
-    columns = predict_columns(getattr(predictor, "volume_names", predictor.spec.class_names))
+    calibration = shipped_intervals(predictor)
+    columns = predict_columns(getattr(predictor, "volume_names", predictor.spec.class_names)) + \
+        intervals.interval_columns(list(calibration))
     output_paths(out, {"scan": "x"}, layout)  # an unknown layout fails before any work
     result = PredictReport(csv_path=out / VOLUMES_CSV, task=predictor.spec.task, backend=predictor.backend,
                            shard=tuple(shard))
@@ -706,13 +709,15 @@ def predict(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, task: s
                 continue
             seg = predictor.segment(item["image"])
             save_mask(seg.mask, seg.affine, mask_path)
-            verdict = qc_verdict(qc_reasons(seg.image, seg.mask, seg.volumes))
+            verdict = qc_verdict(qc_reasons(seg.image, seg.mask, seg.volumes) +
+                                 intervals.wide_reason(calibration, seg.volumes, seg.difficulty))
             if qc:
                 volumes = ", ".join(f"{k} {v:.1f} mL" for k, v in seg.volumes.items())
                 save_qc_png(seg.image, seg.mask, seg.affine, paths["qc"], predictor.spec.class_names,
                             f"{item['scan']}: {volumes}; QC {verdict}")
             row = {**volume_row(item["scan"], item["image"], str(mask_path), seg.volumes),
-                   "subject": item.get("subject", ""), "session": item.get("session", ""), "qc": verdict}
+                   "subject": item.get("subject", ""), "session": item.get("session", ""), "qc": verdict,
+                   **intervals.interval_cells(calibration, seg.volumes, seg.difficulty)}
             write_atomic(paths["json"], scan_json(row))
             table.put(row)  # last: a scan counts as done only once its mask, QC picture and JSON are in place
         except InputError as err:
@@ -731,6 +736,21 @@ def predict(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, task: s
     if last_report["pending"]:  # the last scans' rows, or (nothing new) a report of what the folder holds
         update_report(final=True)
     return result
+
+
+def shipped_intervals(predictor: Any) -> dict[str, "intervals.StructureCalibration"]:
+    """The calibrated 95 % intervals that go with the shipped models (``mrivol_monai/weights/<task>_intervals.json``,
+    written by ``docs/calibrate_intervals.py``): for the shipped brain model, and for both shipped subcortical
+    stages; none for other models (a calibration holds only for the model it was measured on)."""
+    from mrivol_monai.weights import WEIGHTS_DIR
+
+    if hasattr(predictor, "stage2"):
+        shipped = getattr(predictor.stage1, "shipped", False) and getattr(predictor.stage2, "shipped", False)
+        name = "subcortical_fine"
+    else:
+        shipped, name = getattr(predictor, "shipped", False), predictor.spec.task
+    path = WEIGHTS_DIR / f"{name}_intervals.json"
+    return intervals.load(path) if shipped and path.is_file() else {}
 
 
 def model_line(predictor: Predictor) -> str:

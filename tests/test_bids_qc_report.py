@@ -307,3 +307,31 @@ def test_output_paths_of_both_layouts(tmp_path):
         assert qc_picture_of(str(found["mask"])) == str(found["qc"])
     with pytest.raises(InputError, match="unknown layout 'nested'"):
         output_paths(tmp_path, bids, "nested")
+
+
+def test_shipped_model_rows_carry_calibrated_intervals_and_wide_ones_are_flagged(tmp_path, monkeypatch):
+    from mrivol_monai import intervals, weights
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    image, mask, affine = qc_scan()
+    np.save(f"{save(scans / 'clean.nii.gz', image, affine)}.mask.npy", mask)
+    calibration = {"brain": intervals.StructureCalibration(s0=0.01, q_lo=-5.0, q_hi=2.0, level=0.95, n=60,
+                                                           median_width=0.07)}
+    monkeypatch.setattr(weights, "WEIGHTS_DIR", tmp_path / "weights")
+    intervals.save(calibration, tmp_path / "weights" / "brain_intervals.json")
+    predictor = FixedPredictor()
+    predict([scans], tmp_path / "own", predictor=predictor, progress=False, qc=False)
+    assert "brain_ml_lo95" not in rows_of(tmp_path / "own")[0]  # not the shipped model: no calibration applies
+    predictor.shipped = True
+    predict([scans], tmp_path / "out", predictor=predictor, progress=False, qc=False)
+    row = rows_of(tmp_path / "out")[0]
+    volume = float(row["brain_ml"])  # one-hot mask: difficulty 0, so s = s0 = 0.01
+    assert float(row["brain_ml_lo95"]) == pytest.approx(volume * 0.95, abs=2e-3)
+    assert float(row["brain_ml_hi95"]) == pytest.approx(volume * 1.02, abs=2e-3)
+    assert row["qc"] == QC_PASS
+    assert f"{row['brain_ml']} [{row['brain_ml_lo95']}, {row['brain_ml_hi95']}]" in (tmp_path / "out" / "report.html").read_text()
+    calibration["brain"].median_width = 0.02  # this scan's 7 % is now more than twice the usual width
+    intervals.save(calibration, tmp_path / "weights" / "brain_intervals.json")
+    predict([scans], tmp_path / "wide", predictor=predictor, progress=False, qc=False)
+    assert rows_of(tmp_path / "wide")[0]["qc"] == "wide 95 % interval for brain"
