@@ -144,6 +144,8 @@ def box_to_native(probs: torch.Tensor, box: np.ndarray, native_affine: np.ndarra
     :func:`~mrivol_monai.native_grid.channel_argmax` in place of ``torch.argmax`` over the class axis.
     """
     probs = torch.as_tensor(probs, dtype=torch.float32)
+    if isinstance(probs, MetaTensor):  # its own (model-grid) affine must not meet the box affine set below
+        probs = probs.as_tensor()
     # class 0 wins ties and wherever the box does not reach (all scores 0 there)
     bias = torch.zeros((probs.shape[0],) + (1,) * (probs.ndim - 1))
     bias[0] = 1e-6
