@@ -47,7 +47,7 @@ def bundle_with(tmp_path: Path, **changes) -> Path:
 
 def chains(root: Path) -> tuple[list, list]:
     """(train.json's validation preprocessing, inference.json's preprocessing) of the bundle at ``root``,
-    each without its loader (both are fed the same loaded data)."""
+    each from after its loader on (both are fed the same loaded data)."""
     parsers = []
     for name in ("train.json", "inference.json"):
         parser = ConfigParser()
@@ -55,9 +55,9 @@ def chains(root: Path) -> tuple[list, list]:
         parser["bundle_root"] = str(root)
         parser.get_parsed_content("imports")
         parsers.append(parser)
-    train = parsers[0].get_parsed_content("validate#preprocessing").transforms
-    serve = parsers[1].get_parsed_content("preprocessing").transforms
-    return list(train[1:]), list(serve[1:])
+    composed = [parsers[0].get_parsed_content("validate#preprocessing"), parsers[1].get_parsed_content("preprocessing")]
+    loaders = [[isinstance(t, LoadImaged) for t in c.transforms].index(True) for c in composed]
+    return tuple(list(c.transforms[i + 1:]) for c, i in zip(composed, loaders))
 
 
 @pytest.fixture(scope="module")
