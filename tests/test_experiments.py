@@ -226,6 +226,47 @@ def test_a_killed_run_resumes_from_its_latest_checkpoint_and_leaves_its_time_out
     assert runner.run_one(killed) == (json.loads((killed.run_dir / "result.json").read_text()), False)
 
 
+@pytest.mark.slow
+def test_a_run_killed_mid_training_resumed_by_the_runner_ends_as_the_uninterrupted_run(tiny_cohort, tmp_path):
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mrivol_monai.handlers.checkpoints import latest_checkpoint
+
+    data_dir, datalist = tiny_cohort
+    settings = {"dataset_dir": str(data_dir), "datalist": str(datalist), "spatial_size": [8, 32, 32],
+                "network_def#ed_blocks": 3, "network_def#width": 4, "epochs": 12, "early_stop_patience": 20,
+                "batch_size": 2, "slices_per_volume": 2, "limit_subjects": None, "val_interval": 1}
+    whole, killed = (runner.plan("E1", PROFILES["quick"], tmp_path / name, 1, ["none"], settings, cache=False)[0]
+                     for name in ("whole", "killed"))
+
+    def saved_epoch() -> int:
+        latest = latest_checkpoint(killed.run_dir / "models")
+        return -1 if latest is None else int(re.search(r"epoch=(\d+)", latest.name).group(1))
+
+    runner._prepare(killed)  # the runner's first attempt, killed once epoch 3's checkpoint is written
+    with open(killed.run_dir / "run.log", "w") as log:
+        child = subprocess.Popen([sys.executable, "-m", "mrivol_monai.experiments.runner", str(killed.run_dir)],
+                                 cwd=runner.BUNDLE.parent, stdout=log, stderr=subprocess.STDOUT,
+                                 env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
+        while saved_epoch() < 3:
+            assert child.poll() is None, (killed.run_dir / "run.log").read_text()[-2000:]
+            time.sleep(0.02)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert 3 <= saved_epoch() < 12  # killed mid-run
+    left = latest_checkpoint(killed.run_dir / "models").name
+    resumed, ran = runner.run_one(killed, threads=1)
+    uninterrupted, _ = runner.run_one(whole, threads=1)
+    assert ran and resumed["resumed_from"] == left
+    for key in ("epochs", "best_epoch", "val_dice", "test_dice"):
+        assert resumed[key] == pytest.approx(uninterrupted[key], abs=1e-4), key
+
+
 def test_disk_cache_key_follows_every_preprocessing_setting(tmp_path):
     train = [str(runner.CONFIGS / "train.json")]
     base = runner.cache_overlay(train, tmp_path)["train#dataset"]["cache_dir"]
