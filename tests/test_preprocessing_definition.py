@@ -93,8 +93,10 @@ def test_committed_values_are_the_defaults_every_server_uses():
     assert committed == PREPROCESSING_DEFAULTS == {
         "crop_margin": CROP_MARGIN, "head_threshold_fraction": HEAD_THRESHOLD_FRACTION,
         "image_resize_mode": IMAGE_RESIZE_MODE}
-    shipped = task_spec("brain")
+    shipped = task_spec("brain")  # what a bare checkpoint without any description is taken to be
     assert (shipped.spatial_size, shipped.depth_axis) == (train["spatial_size"], train["depth_axis"])
+    assert {k: v for k, v in shipped.network_def.items() if k != "out_channels"} == \
+        {k: v for k, v in train["network_def"].items() if k != "out_channels"}
 
 
 def test_mrivol_predicts_chain_is_the_training_chain(tmp_path, scan):
