@@ -18,6 +18,7 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mrivol_monai.data import synthetic  # noqa: E402
+from mrivol_monai.data.manifests import TASK_LABELS  # noqa: E402
 from mrivol_monai.data.synthetic_acquisition import SITE_PROTOCOLS  # noqa: E402
 
 STRUCTURE_COLOURS = {1: "#ff4040", 2: "#40a0ff", 3: "#ffd000", 4: "#40ff80"}
@@ -69,7 +70,7 @@ def draw(out: Path, geometry: str = synthetic.DEFAULT_GEOMETRY, seed: int = synt
             if row == 0:
                 ax.set_title(("axial", "coronal", "sagittal")[col], color="white", fontsize=11)
     legend = [plt.Line2D([], [], color="#00e5ff", label="brain mask")]
-    legend += [plt.Line2D([], [], color=c, label=synthetic.SUBCORTICAL_LABELS[k]) for k, c in STRUCTURE_COLOURS.items()]
+    legend += [plt.Line2D([], [], color=c, label=TASK_LABELS["subcortical"][str(k)]) for k, c in STRUCTURE_COLOURS.items()]
     fig.legend(handles=legend, loc="lower center", ncol=5, frameon=False, labelcolor="white", fontsize=9)
     fig.suptitle(f"SynthIXI ({geometry} grid, seed {seed}), reoriented to RAS; radiological left/right not "
                  "flipped (patient right on the image right)", color="white", fontsize=10)

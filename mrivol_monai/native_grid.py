@@ -45,9 +45,10 @@ from mrivol_monai.transforms import (
 )
 from mrivol_monai.transforms.intensity import HEAD_THRESHOLD_FRACTION
 
-__all__ = ["CROP_MARGIN", "GridMap", "area_resize", "channel_argmax", "model_input"]
+__all__ = ["CROP_MARGIN", "IMAGE_RESIZE_MODE", "GridMap", "area_resize", "channel_argmax", "model_input"]
 
-CROP_MARGIN = 2  # voxels around the head box, as in train.json
+CROP_MARGIN = 2  # voxels around the head box: train.json's crop_margin for the shipped models
+IMAGE_RESIZE_MODE = "area"  # the one resize mode model_input and GridMap implement
 TIE_BREAK = 2.0**-16  # weight moved to the nearer of two upsampled neighbours (see _pool_weights)
 # dtypes MONAI's loader would turn into the same float32 values by a plain cast, so they can stay as stored
 _KEPT_DTYPES = (np.uint8, np.int8, np.uint16, np.int16, np.float32)

@@ -180,7 +180,8 @@ class TrainingRecord:
         self.meta = {**spec, "produced_by": self.provenance}
 
     def state_dict(self) -> dict[str, Any]:
-        """``{task, num_classes, class_names, network_def, spatial_size, depth_axis, produced_by}``."""
+        """``{task, num_classes, class_names, network_def, spatial_size, depth_axis, crop_margin,
+        head_threshold_fraction, image_resize_mode, produced_by}``."""
         return self.meta
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:

@@ -17,7 +17,7 @@ import torch
 
 from mrivol_monai.cli import main
 from mrivol_monai.data.nifti_reader import read_nifti
-from mrivol_monai.errors import InputError
+from mrivol_monai.errors import InputError, find_input_error
 from mrivol_monai.networks import UNet2d
 from mrivol_monai.weights import load_model, task_spec
 
@@ -288,3 +288,77 @@ def test_dicom_folder_with_two_series_lists_them_or_takes_series(tmp_path, capsy
                  "--series", uid]) == 0
     rows = list(csv.DictReader(open(tmp_path / "o2" / "volumes.csv")))
     assert len(rows) == 1 and nib.load(rows[0]["mask"]).shape[2] == 20  # the T1's 20 slices, not the FLAIR's 18
+
+
+# ---- the inference bundle refuses what mrivol predict refuses ---------------------------------------------------
+
+def _refusal(chain, data: dict) -> str:
+    """The one-line InputError ``chain`` raises on ``data`` (MONAI's Compose wraps it in a RuntimeError)."""
+    with pytest.raises(Exception) as err:
+        chain(data)
+    found = find_input_error(err.value)
+    assert found is not None, err.value
+    return str(found)
+
+
+def _inference_preprocessing(**settings):
+    """inference.json's preprocessing (bundle_root = this repository's bundle) with ``settings`` overridden."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundle" / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(REPO / "bundle"), **settings})
+    parser.get_parsed_content("imports")
+    return parser.get_parsed_content("preprocessing")
+
+
+@pytest.mark.parametrize("shape", [(8, 8, 8), (64, 64, 1), (64, 64, 3)])
+def test_inference_bundle_refuses_an_image_too_small_to_hold_a_head(tmp_path, shape):
+    path = write_with_header(tmp_path / "small.nii.gz", np.random.default_rng(0).uniform(0, 100, shape).astype(np.float32))
+    line = _refusal(_inference_preprocessing(), {"image": str(path)})
+    assert line.startswith(f"{path}: image of {'x'.join(map(str, shape))} voxels")
+    assert "too small to hold a head" in line and "\n" not in line
+    big = write_with_header(tmp_path / "big.nii.gz", head())  # 24x28x26 voxels of ~1 mm: measured
+    assert tuple(_inference_preprocessing()({"image": str(big)})["image"].shape) == (1, 40, 128, 128)
+
+
+def test_inference_bundle_refuses_a_two_series_dicom_folder_or_reads_the_named_series(tmp_path):
+    from mrivol_monai.predict import dicom_series
+
+    folder = tmp_path / "patient"
+    _write_series(folder, "A", head((20, 30, 30)), "T1 MPRAGE")
+    _write_series(folder, "B", head((18, 30, 30)), "T2 FLAIR")
+    series = {desc: uid for uid, desc, _ in dicom_series(folder)}
+    line = _refusal(_inference_preprocessing(), {"image": str(folder)})
+    assert line.startswith(f"{folder}: holds 2 DICOM series") and "--series" in line and "\n" not in line
+    assert all(uid in line for uid in series.values()) and "T2 FLAIR" in line
+    assert "has no DICOM series '1.2.3'" in _refusal(_inference_preprocessing(series="1.2.3"), {"image": str(folder)})
+    for description, slices in (("T1 MPRAGE", 20), ("T2 FLAIR", 18)):
+        chain = _inference_preprocessing(series=series[description])
+        loaded = chain.transforms[1](chain.transforms[0]({"image": str(folder)}))  # series check, loader
+        assert loaded["image"].shape[-1] == slices  # the named series, not the first
+
+
+@pytest.mark.slow
+def test_inference_bundle_run_on_a_too_small_image_is_one_line(tmp_path):
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO / "bundle", repo / "bundle", ignore=shutil.ignore_patterns("models", "logs", "data", "eval",
+                                                                                   "predictions", "cache", "runs"))
+    env = {**ENV, "PYTHONPATH": str(REPO)}  # this checkout's package, whatever is installed
+    made = subprocess.run([sys.executable, "-m", "mrivol_monai.cli", "bundle-model"], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr[-2000:]
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    small = write_with_header(scans / "small.nii.gz", np.random.default_rng(0).uniform(0, 100, (8, 8, 8)).astype(np.float32))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+                           "--dataset_dir", str(scans), "--output_dir", str(out)], cwd=repo / "bundle", env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [line for line in proc.stderr.splitlines() if line.strip()][-1:]  # the last line, no traceback
+    assert errors[0].startswith(f"error: {small}: image of 8x8x8 voxels") and "Traceback" not in proc.stderr
+    assert not (out / "volumes.csv").exists()

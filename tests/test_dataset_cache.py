@@ -52,7 +52,7 @@ def test_preprocessing_fingerprint_is_stable_across_processes_and_follows_the_se
     assert preprocessing_fingerprint(parser.get_parsed_content("preprocessing")).decode() == a
     parser = ConfigParser()
     parser.read_config(TRAIN)
-    parser.update({"spatial_size": [8, 32, 32], "preprocessing#3#margin": 5})  # CropForegroundd margin
+    parser.update({"spatial_size": [8, 32, 32], "crop_margin": 5})
     parser.get_parsed_content("imports")
     assert preprocessing_fingerprint(parser.get_parsed_content("preprocessing")).decode() != a
 

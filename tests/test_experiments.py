@@ -179,6 +179,105 @@ def _mtimes(out: Path) -> dict[str, int]:
     return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in sorted(out.glob("E1/*/seed*/result.json"))}
 
 
+class _FakeChild:
+    pid = 0
+
+
+def _fake_runs(monkeypatch) -> list:
+    """run_one without a child process: the command it would start is recorded, the child 'measures' 99 MB
+    and 7 CPU seconds, and collect reports 5 training seconds."""
+    launched: list = []
+    monkeypatch.setattr(runner.subprocess, "Popen", lambda args, **kw: launched.append(args) or _FakeChild())
+    monkeypatch.setattr(runner, "_wait_with_rusage", lambda proc: (0, 99.0, 7.0))
+    monkeypatch.setattr(runner, "collect", lambda spec, **kw: {"val_dice": 0.5, "train_seconds": 5.0, **kw})
+    return launched
+
+
+def test_a_killed_run_resumes_from_its_latest_checkpoint_and_leaves_its_time_out(tmp_path, monkeypatch):
+    launched = _fake_runs(monkeypatch)
+    killed, unsaved = runner.plan("E1", PROFILES["quick"], tmp_path / "runs", 2, ["none"], cache=False)
+    for spec, files in ((killed, ("model.pt", "latest_checkpoint_epoch=3.pt")), (unsaved, ("model.pt",))):
+        for name in files:  # what an attempt killed in epoch 4 (or in epoch 1, before the latest save) left
+            (spec.run_dir / "models").mkdir(parents=True, exist_ok=True)
+            (spec.run_dir / "models" / name).write_bytes(name.encode())
+        for name in ("logs/events.out", "eval/volumes.csv"):
+            (spec.run_dir / name).parent.mkdir(exist_ok=True)
+            (spec.run_dir / name).write_text("first attempt")
+        (spec.run_dir / "run.log").write_text("first attempt\n")
+
+    result, ran = runner.run_one(killed)
+    assert ran and result["resumed_from"] == "latest_checkpoint_epoch=3.pt" and result["peak_rss_mb"] == 99.0
+    assert [result[k] for k in ("train_seconds", "wall_seconds", "cpu_seconds")] == [None, None, None]
+    assert json.loads((killed.run_dir / "result.json").read_text())["train_seconds"] is None
+    assert json.loads((killed.run_dir / "run.json").read_text())["resume"] is True
+    parser = ConfigParser()
+    parser.read_config(killed.train_files())  # what the child's training workflow reads: it resumes
+    assert parser["resume"] is True and parser["ckpt_dir"] == str(killed.run_dir / "models")
+    assert (killed.run_dir / "models" / "model.pt").read_bytes() == b"model.pt"  # the best model is kept
+    assert (killed.run_dir / "logs" / "events.out").exists() and not (killed.run_dir / "eval").exists()
+    assert (killed.run_dir / "run.log").read_text().startswith(
+        "first attempt\n--- mrivol runner: resuming from latest_checkpoint_epoch=3.pt\n")
+
+    result, ran = runner.run_one(unsaved)  # nothing to resume from: cleared and run from the start
+    assert ran and "resumed_from" not in result and result["train_seconds"] == 5.0 and result["cpu_seconds"] == 7.0
+    assert "resume" not in json.loads((unsaved.run_dir / "run.json").read_text())
+    assert not (unsaved.run_dir / "models").exists() and not (unsaved.run_dir / "logs").exists()
+    assert len(launched) == 2
+    assert runner.run_one(killed) == (json.loads((killed.run_dir / "result.json").read_text()), False)
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_training_resumed_by_the_runner_ends_as_the_uninterrupted_run(tiny_cohort, tmp_path):
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mrivol_monai.handlers.checkpoints import latest_checkpoint
+
+    data_dir, datalist = tiny_cohort
+    settings = {"dataset_dir": str(data_dir), "datalist": str(datalist), "spatial_size": [8, 32, 32],
+                "network_def#ed_blocks": 3, "network_def#width": 4, "epochs": 12, "early_stop_patience": 20,
+                "batch_size": 2, "slices_per_volume": 2, "limit_subjects": None, "val_interval": 1}
+    whole, killed = (runner.plan("E1", PROFILES["quick"], tmp_path / name, 1, ["none"], settings, cache=False)[0]
+                     for name in ("whole", "killed"))
+
+    def saved_epoch() -> int:
+        latest = latest_checkpoint(killed.run_dir / "models")
+        return -1 if latest is None else int(re.search(r"epoch=(\d+)", latest.name).group(1))
+
+    runner._prepare(killed)  # the runner's first attempt, killed once epoch 3's checkpoint is written
+    with open(killed.run_dir / "run.log", "w") as log:
+        child = subprocess.Popen([sys.executable, "-m", "mrivol_monai.experiments.runner", str(killed.run_dir)],
+                                 cwd=runner.BUNDLE.parent, stdout=log, stderr=subprocess.STDOUT,
+                                 env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
+        while saved_epoch() < 3:
+            assert child.poll() is None, (killed.run_dir / "run.log").read_text()[-2000:]
+            time.sleep(0.02)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert 3 <= saved_epoch() < 12  # killed mid-run
+    left = latest_checkpoint(killed.run_dir / "models").name
+    resumed, ran = runner.run_one(killed, threads=1)
+    uninterrupted, _ = runner.run_one(whole, threads=1)
+    assert ran and resumed["resumed_from"] == left
+    for key in ("epochs", "best_epoch", "val_dice", "test_dice"):
+        assert resumed[key] == pytest.approx(uninterrupted[key], abs=1e-4), key
+
+
+def test_disk_cache_key_follows_every_preprocessing_setting(tmp_path):
+    train = [str(runner.CONFIGS / "train.json")]
+    base = runner.cache_overlay(train, tmp_path)["train#dataset"]["cache_dir"]
+    changes = {"crop_margin": 5, "head_threshold_fraction": 0.2, "image_resize_mode": "trilinear",
+               "label_resize_mode": "nearest", "spatial_size": [8, 32, 32], "depth_axis": "coronal"}
+    for key, value in changes.items():
+        overlay = tmp_path / f"{key}.json"
+        overlay.write_text(json.dumps({key: value}))
+        assert runner.cache_overlay(train + [str(overlay)], tmp_path)["train#dataset"]["cache_dir"] != base, key
+
+
 @pytest.mark.slow
 def test_tiny_study_tables_aggregates_and_resume(tiny_cohort, tmp_path, monkeypatch):
     data_dir, datalist = tiny_cohort

@@ -33,6 +33,8 @@ from monai.data import load_decathlon_datalist
 
 from mrivol_monai.deep_grey_box import CLASS_NAMES as _FINE_CLASS_NAMES
 from mrivol_monai.atomic_io import atomic_path, write_atomic
+from mrivol_monai.data.ixi import SITES
+from mrivol_monai.data.nifti_files import NIFTI_SUFFIXES
 from mrivol_monai.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -53,7 +55,6 @@ __all__ = [
     "main",
 ]
 
-SITES: tuple[str, ...] = ("Guys", "HH", "IOP")
 SPLITS: tuple[str, ...] = ("training", "validation", "test")
 TASK_LABELS: dict[str, dict[str, str]] = {
     "brain": {"0": "background", "1": "brain"},
@@ -68,7 +69,6 @@ LABEL_MAPS: dict[str, dict[int, int]] = {
 }
 
 IMAGE_KINDS = ("T1", "image")
-_NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _IXI_NAME = re.compile(r"^(?P<subject>(?P<person>[A-Za-z]+\d+)-(?P<site>[A-Za-z]+)-\d+)-(?P<kind>T1|brain|subcortical|aseg)$")
 _TINY_NAME = re.compile(r"^(?P<subject>(?P<person>[A-Za-z]+\d+)-(?P<site>[A-Za-z]+)-\d+)_(?P<kind>image|label)$")
 _SUBJECT_IN_PATH = re.compile(r"(?P<subject>[A-Za-z]+\d+-(?:Guys|HH|IOP)-\d+)")
@@ -76,7 +76,7 @@ _SUBJECT_IN_PATH = re.compile(r"(?P<subject>[A-Za-z]+\d+-(?:Guys|HH|IOP)-\d+)")
 
 def _nifti_stem(name: str) -> str | None:
     """File name without its NIfTI suffix, or None if it is not a NIfTI file."""
-    for suffix in _NIFTI_SUFFIXES:
+    for suffix in NIFTI_SUFFIXES:
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return None

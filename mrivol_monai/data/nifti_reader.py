@@ -21,6 +21,7 @@ from monai.data import NibabelReader
 from monai.data.utils import correct_nifti_header_if_necessary
 from monai.utils import ensure_tuple
 
+from mrivol_monai.data.nifti_files import voxel_mm3
 from mrivol_monai.errors import InputError
 
 try:
@@ -39,7 +40,7 @@ MIN_VOXEL_MM3 = 1e-6  # |det| below this is a singular (zero-scaled, zero or dup
 
 
 def _usable(affine: np.ndarray) -> bool:
-    return bool(np.all(np.isfinite(affine)) and abs(np.linalg.det(affine[:3, :3])) > MIN_VOXEL_MM3)
+    return bool(np.all(np.isfinite(affine)) and voxel_mm3(affine) > MIN_VOXEL_MM3)
 
 
 def _raw_header(img: nib.Nifti1Image | nib.Nifti2Image, path: PathLike, raw: bytes | None) -> nib.Nifti1Header:

@@ -10,11 +10,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from mrivol_monai.data.nifti_files import NIFTI_SUFFIXES
 from mrivol_monai.errors import InputError
 
 logger = logging.getLogger(__name__)
-
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 def _has_images(folder: Path) -> bool:

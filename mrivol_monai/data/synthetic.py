@@ -46,11 +46,10 @@ from mrivol_monai.atomic_io import write_atomic
 from mrivol_monai.data import label_maps
 from mrivol_monai.data import synthetic_acquisition as acq
 from mrivol_monai.data import synthetic_anatomy as anat
+from mrivol_monai.data.ixi import SITE_SUBJECTS, SITES
+from mrivol_monai.data.nifti_files import voxel_mm3
 from mrivol_monai.errors import InputError
 
-SITES = ("Guys", "HH", "IOP")
-SITE_WEIGHTS = {"Guys": 311, "HH": 181, "IOP": 74}
-SUBCORTICAL_LABELS = {0: "background", 1: "thalamus", 2: "caudate", 3: "putamen", 4: "amygdala"}
 GEOMETRIES = tuple(acq.GEOMETRIES)
 DEFAULT_GEOMETRY = acq.DEFAULT_GEOMETRY
 DEFAULT_N_SUBJECTS = 150
@@ -100,8 +99,8 @@ class SyntheticSubject:
 
 def site_counts(n_subjects: int) -> dict[str, int]:
     """Subjects per site in IXI's proportions (largest remainder); every site gets one when N >= 3."""
-    total = sum(SITE_WEIGHTS.values())
-    exact = {s: n_subjects * SITE_WEIGHTS[s] / total for s in SITES}
+    total = sum(SITE_SUBJECTS.values())
+    exact = {s: n_subjects * SITE_SUBJECTS[s] / total for s in SITES}
     counts = {s: int(exact[s]) for s in SITES}
     for s in sorted(SITES, key=lambda s: exact[s] - counts[s], reverse=True)[: n_subjects - sum(counts.values())]:
         counts[s] += 1
@@ -208,14 +207,14 @@ def _save(array: np.ndarray, affine: np.ndarray, path: Path, description: str) -
 def label_volumes_ml(path: str | os.PathLike, labels: tuple[int, ...]) -> dict[int, float]:
     """Volume (mL) of each label in a label file: voxel count x |det(affine[:3, :3])| / 1000."""
     image = nib.load(path)
-    voxel_ml = abs(float(np.linalg.det(image.affine[:3, :3]))) / 1000.0
+    voxel_ml = voxel_mm3(image.affine) / 1000.0
     data = np.asarray(image.dataobj)
     return {label: float(np.count_nonzero(data == label)) * voxel_ml for label in labels}
 
 
 def subject_volumes_ml(aseg: np.ndarray, affine: np.ndarray) -> dict[str, float]:
     """cohort.csv volumes (mL) of a FreeSurfer label array: brain, ICV, each structure left/right and total."""
-    voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
+    voxel_ml = voxel_mm3(affine) / 1000.0
     counts = np.bincount(aseg.reshape(-1), minlength=label_maps.EXTRACEREBRAL_MIN)
     icv = float(counts[1:label_maps.EXTRACEREBRAL_MIN].sum())
     out = {"brain": (icv - float(counts[label_maps.CSF])) * voxel_ml, "icv": icv * voxel_ml}

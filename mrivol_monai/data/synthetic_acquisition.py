@@ -38,8 +38,8 @@ TISSUES = ("air", "csf", "cortex", "white", "thalamus", "caudate", "putamen", "p
            "eye", "nerve", "mucosa")
 _LABELS_OF_TISSUE = {
     "air": (0,), "csf": (4, 5, 14, 15, 24, 43, 44, 72), "cortex": (3, 8, 42, 47), "white": (2, 7, 41, 46, 85),
-    "thalamus": (10, 49), "caudate": (11, 50), "putamen": (12, 51), "pallidum": (13, 52),
-    "hippocampus": (17, 53), "amygdala": (18, 54), "accumbens": (26, 58), "brainstem": (16, 28, 60, 512),
+    **label_maps.SUBCORTICAL_LR, "hippocampus": label_maps.HIPPOCAMPUS_LR,  # thalamus, caudate, putamen, amygdala
+    "pallidum": (13, 52), "accumbens": (26, 58), "brainstem": (16, 28, 60, 512),
     "skin": (511,), "soft": (507,), "bone": (515,), "marrow": (516,), "dura": (514,), "eye": (506,),
     "nerve": (508, 530), "mucosa": (502, 509),
 }

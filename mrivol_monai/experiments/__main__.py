@@ -37,7 +37,9 @@ def _progress(spec: runner.RunSpec, result: dict | None, ran: bool, error: str) 
         test = result.get("test_dice")
         print(f"finished {where}: val Dice {result['val_dice']:.3f}"
               + (f", test Dice {test:.3f}" if test is not None else "")
-              + f", {result['epochs']} epochs, {result['train_seconds']:.0f}s", flush=True)
+              + f", {result['epochs']} epochs, "
+              + (f"{result['train_seconds']:.0f}s" if result.get("train_seconds") is not None
+                 else f"time not measured (resumed from {result.get('resumed_from')})"), flush=True)
 
 
 def _parser() -> argparse.ArgumentParser:

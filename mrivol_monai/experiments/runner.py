@@ -8,7 +8,10 @@ Each run lives in ``<out>/<E>/<variant>/seed<k>/``:
 - ``logs/`` (TensorBoard), ``models/`` (``model.pt`` = best validation Dice, ``latest_*.pt``), ``eval/``
   (``volumes.csv``, ``summary.json``, ``summary.md`` from the volume handler on the test split), ``run.log``;
 - ``result.json``, written atomically once everything above finished. A run with a ``result.json`` is never
-  rerun; a run without one (crashed, killed) is cleared and rerun.
+  rerun. A run without one (crashed, killed) that left a latest checkpoint resumes from it (the bundle's
+  ``--resume true``: same epochs and best model as an uninterrupted run); its ``result.json`` then says
+  ``resumed_from`` and leaves its time columns out (null), since the killed attempt's time is unknown. A run
+  that left no checkpoint is cleared and rerun.
 
 The child (``python -m mrivol_monai.experiments.runner RUN_DIR``) builds the training and then the evaluation
 workflow with ``monai.bundle.create_workflow``, exactly what ``python -m monai.bundle run`` does, in one
@@ -47,6 +50,8 @@ BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
 CONFIGS = BUNDLE / "configs"
 RESULT_FILE = "result.json"
 _STALE = ("logs", "models", "eval", "timing.json", "run.log")
+_STALE_ON_RESUME = ("eval", "timing.json")  # a resumed run keeps its checkpoints, TensorBoard events and log
+_UNMEASURED_ON_RESUME = ("train_seconds", "wall_seconds", "cpu_seconds")  # the killed attempt's share is unknown
 
 
 class RunFailed(RuntimeError):
@@ -79,9 +84,17 @@ class RunSpec:
         """Config files of the evaluation workflow (``evaluate.json`` after the variant's overlays)."""
         return self._files(str(CONFIGS / "evaluate.json"))
 
-    def run_settings(self) -> dict[str, Any]:
+    def run_settings(self, resume: bool = False) -> dict[str, Any]:
+        """The run's own overlay: its folders and seed, and ``resume`` when it continues a killed attempt."""
         return {"bundle_root": str(BUNDLE), "seed": int(self.seed), "ckpt_dir": str(self.run_dir / "models"),
-                "output_dir": str(self.run_dir / "logs"), "eval_dir": str(self.run_dir / "eval")}
+                "output_dir": str(self.run_dir / "logs"), "eval_dir": str(self.run_dir / "eval"),
+                **({"resume": True} if resume else {})}
+
+    def interrupted_checkpoint(self) -> Path | None:
+        """The latest checkpoint a killed attempt left in ``models/`` (None: nothing to resume from)."""
+        from mrivol_monai.handlers.checkpoints import latest_checkpoint
+
+        return latest_checkpoint(self.run_dir / "models")
 
 
 def plan(experiment: str, profile: Profile, out: str | os.PathLike, repeats: int | None = None,
@@ -105,6 +118,7 @@ def plan(experiment: str, profile: Profile, out: str | os.PathLike, repeats: int
 
 # config ids whose (raw) content decides what the deterministic part of a dataset's transforms produces
 _CACHE_KEY_IDS = ("preprocessing", "train#slice_sampling", "spatial_size", "num_classes", "depth_axis", "task",
+                  "crop_margin", "head_threshold_fraction", "image_resize_mode", "label_resize_mode",
                   "slab_neighbours", "bundle_root", "dataset_dir", "datalist", "limit_subjects")
 
 
@@ -159,17 +173,18 @@ def _bundle_command(run_id: str, files: Sequence[str]) -> str:
     return f"python -m monai.bundle run {run_id} --config_file \"[{listed}]\" --logging_file {logging_conf}"
 
 
-def _prepare(spec: RunSpec) -> None:
-    """Clear what a crashed attempt left and write the overlays, spec and commands of ``spec``."""
+def _prepare(spec: RunSpec, resume: bool = False) -> None:
+    """Clear what a crashed attempt left (all of it, or with ``resume`` only its evaluation) and write the
+    overlays, spec and commands of ``spec``."""
     spec.run_dir.mkdir(parents=True, exist_ok=True)
-    for name in _STALE:
+    for name in _STALE_ON_RESUME if resume else _STALE:
         path = spec.run_dir / name
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
     write_atomic(spec.run_dir / "profile.json", json.dumps(spec.settings, indent=2) + "\n")
-    write_atomic(spec.run_dir / "run.json", json.dumps(spec.run_settings(), indent=2) + "\n")
+    write_atomic(spec.run_dir / "run.json", json.dumps(spec.run_settings(resume), indent=2) + "\n")
     if spec.cache_root:
         overlay = cache_overlay(spec.train_files()[:-1], spec.cache_root)
         write_atomic(spec.run_dir / "cache.json", json.dumps(overlay, indent=2) + "\n")
@@ -191,18 +206,23 @@ def _wait_with_rusage(proc: subprocess.Popen) -> tuple[int, float, float]:
 
 
 def run_one(spec: RunSpec, threads: int | None = None) -> tuple[dict[str, Any], bool]:
-    """Run ``spec`` unless its ``result.json`` exists. Returns (result, ran). Raises :class:`RunFailed`."""
+    """Run ``spec`` unless its ``result.json`` exists, resuming a killed attempt from its latest checkpoint.
+    Returns (result, ran). Raises :class:`RunFailed`."""
     result_path = spec.run_dir / RESULT_FILE
     if result_path.is_file():
         return json.loads(result_path.read_text()), False
-    _prepare(spec)
+    resumed_from = spec.interrupted_checkpoint()
+    _prepare(spec, resume=resumed_from is not None)
     if spec.cache_root:
         warm_cache(spec)
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     started = time.perf_counter()
-    with open(spec.run_dir / "run.log", "w") as log:
+    with open(spec.run_dir / "run.log", "a" if resumed_from else "w") as log:
+        if resumed_from:
+            log.write(f"--- mrivol runner: resuming from {resumed_from.name}\n")
+            log.flush()
         proc = subprocess.Popen([sys.executable, "-m", "mrivol_monai.experiments.runner", str(spec.run_dir)],
                                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=BUNDLE.parent)
         code, rss_mb, cpu_s = _wait_with_rusage(proc)
@@ -213,6 +233,8 @@ def run_one(spec: RunSpec, threads: int | None = None) -> tuple[dict[str, Any], 
         raise RunFailed(f"{spec.run_dir}: run failed (exit {code})" + (f": {causes[0]}" if causes else "")
                         + f"; see {spec.run_dir / 'run.log'}; last lines:\n" + "\n".join(lines[-6:]))
     result = collect(spec, peak_rss_mb=rss_mb, wall_seconds=wall, cpu_seconds=cpu_s)
+    if resumed_from is not None:
+        result.update({key: None for key in _UNMEASURED_ON_RESUME}, resumed_from=resumed_from.name)
     write_atomic(result_path, json.dumps(result, indent=2) + "\n")
     return result, True
 

@@ -44,6 +44,7 @@ from monai.data.utils import orientation_ras_lps
 from monai.metrics import compute_dice
 
 from mrivol_monai.atomic_io import atomic_path, json_safe, plain_name, write_atomic
+from mrivol_monai.data.nifti_files import voxel_mm3
 from mrivol_monai.data.synthetic import label_volumes_ml
 from mrivol_monai.errors import InputError
 
@@ -64,11 +65,6 @@ def normalise_class_names(class_names: Mapping[Any, str] | Sequence[str]) -> lis
             raise InputError(None, f"class ids must be 0..N-1, got {sorted(by_id)}")
         return [by_id[i] for i in range(len(by_id))]
     return [str(n) for n in class_names]
-
-
-def grid_voxel_mm3(affine: torch.Tensor | np.ndarray) -> float:
-    """Volume (mm^3) of one voxel of a (4, 4) affine: ``|det(affine[:3, :3])|``."""
-    return abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3])))
 
 
 def percent_error(pred: float, true: float) -> float:
@@ -95,7 +91,7 @@ def subject_rows(pred: torch.Tensor, label: torch.Tensor, class_names: Sequence[
     ref = label if isinstance(label, MetaTensor) else pred
     if not isinstance(ref, MetaTensor):
         raise ValueError(f"{subject}: label or pred must be a MetaTensor carrying the grid affine")
-    voxel_mm3 = grid_voxel_mm3(ref.affine)
+    grid_mm3 = voxel_mm3(ref.affine)
     if native_label is None:
         native_label = ref.meta.get("filename_or_obj")
     if not native_label:
@@ -110,15 +106,15 @@ def subject_rows(pred: torch.Tensor, label: torch.Tensor, class_names: Sequence[
     true_vox = t.flatten(1).sum(1).tolist()
     # background in native space is the whole field of view, but the grid only covers the head crop: compare
     # like with like, the crop box's volume minus the native foreground volume
-    true_ml[0] = p[0].numel() * voxel_mm3 / 1000.0 - sum(true_ml[c] for c in range(1, n))
+    true_ml[0] = p[0].numel() * grid_mm3 / 1000.0 - sum(true_ml[c] for c in range(1, n))
     dice = compute_dice(p[None], t[None], include_background=True, ignore_empty=False)[0].tolist()
     rows = []
     for c, name in enumerate(class_names):
         pv, tv = int(round(pred_vox[c])), int(round(true_vox[c]))
-        pml, tgml, tml = pv * voxel_mm3 / 1000.0, tv * voxel_mm3 / 1000.0, true_ml[c]
+        pml, tgml, tml = pv * grid_mm3 / 1000.0, tv * grid_mm3 / 1000.0, true_ml[c]
         rows.append({
             "subject": subject, "site": site, "class_index": c, "structure": name,
-            "pred_voxels": pv, "true_voxels": tv, "grid_voxel_mm3": voxel_mm3,
+            "pred_voxels": pv, "true_voxels": tv, "grid_voxel_mm3": grid_mm3,
             "pred_ml": pml, "true_ml": tml, "true_grid_ml": tgml,
             "pct_error_voxels": percent_error(pv, tv), "pct_error_ml": percent_error(pml, tml),
             "resampling_pct_error": percent_error(tgml, tml), "estimate": _estimate(pv, tv), "dice": float(dice[c]),

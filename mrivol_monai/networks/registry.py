@@ -46,8 +46,8 @@ NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "unet3d": unet3d,
 }
 
-# Section 3 of the paper. All three use ReduceLROnPlateau on validation Dice (mode "max"); see
-# mrivol_monai.optim.build_scheduler. "loss" names are keys of mrivol_monai.losses.LOSSES.
+# Section 3 of the paper. All three use ReduceLROnPlateau on validation Dice (mode "max"), as train.json's
+# lr_scheduler does. "loss" names are keys of mrivol_monai.losses.LOSSES.
 PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
     "unet": {"loss": "bce_dice", "optimizer": "Adam", "lr": 1e-3},
     "segnet": {"loss": "focal", "optimizer": "Adam", "lr": 1e-3},

@@ -58,6 +58,19 @@ def head_foreground(img: torch.Tensor | np.ndarray, fraction: float = HEAD_THRES
     return img > fraction * np.percentile(img, 99)
 
 
+class HeadForeground:
+    """``CropForegroundd`` ``select_fn``: :func:`head_foreground` at ``fraction``. A class rather than
+    ``functools.partial`` so the disk cache's preprocessing fingerprint sees the fraction (a partial's
+    arguments are not attributes)."""
+
+    def __init__(self, fraction: float = HEAD_THRESHOLD_FRACTION) -> None:
+        self.fraction = float(fraction)
+
+    def __call__(self, img: torch.Tensor | np.ndarray):
+        """(C, *spatial) image -> boolean head mask of the same shape."""
+        return head_foreground(img, self.fraction)
+
+
 class HeadZScored(MapTransform):
     """Z-score each image with the mean and std of its head voxels; background is shifted and scaled alike.
 

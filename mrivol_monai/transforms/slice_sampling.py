@@ -14,7 +14,7 @@ in the neck of a real head scan.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping
 
 import numpy as np
 import torch
@@ -83,7 +83,3 @@ class RandStructureSlicesd(Randomizable, MapTransform):
             out.append(item)
         return out
 
-
-def slice_indices(items: Sequence[Mapping[Hashable, object]]) -> list[int]:
-    """The ``slice_index`` of each sampled item (convenience for tests and logging)."""
-    return [int(item["slice_index"]) for item in items]  # type: ignore[arg-type]

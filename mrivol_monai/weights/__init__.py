@@ -28,10 +28,13 @@ from torch import nn
 
 from mrivol_monai.data.manifests import TASK_LABELS
 from mrivol_monai.errors import InputError
+from mrivol_monai.native_grid import CROP_MARGIN, IMAGE_RESIZE_MODE
+from mrivol_monai.transforms.intensity import HEAD_THRESHOLD_FRACTION
 
 __all__ = [
     "DEFAULT_NETWORK_DEF",
     "ModelSpec",
+    "PREPROCESSING_DEFAULTS",
     "WEIGHTS_DIR",
     "build_network",
     "checkpoint_path",
@@ -50,6 +53,12 @@ DEFAULT_NETWORK_DEF: dict[str, Any] = {
 }
 DEFAULT_SPATIAL_SIZE = [40, 128, 128]
 DEFAULT_DEPTH_AXIS = "axial"
+# train.json's preprocessing parameters a spec carries besides spatial_size and depth_axis, with the values
+# of checkpoints written before specs carried them (the shipped models were trained with these)
+PREPROCESSING_DEFAULTS: dict[str, Any] = {
+    "crop_margin": CROP_MARGIN, "head_threshold_fraction": HEAD_THRESHOLD_FRACTION,
+    "image_resize_mode": IMAGE_RESIZE_MODE,
+}
 
 
 @dataclass
@@ -58,7 +67,9 @@ class ModelSpec:
 
     ``class_names`` has ``num_classes`` entries, index = label value (0 = background). ``network_def`` is
     a bundle-style ``{"_target_": "mrivol_monai.networks.<Net>", **kwargs}`` with ``out_channels`` set.
-    ``spatial_size`` is the preprocessed (D, H, W) grid; D is cut along ``depth_axis``.
+    ``spatial_size`` is the preprocessed (D, H, W) grid; D is cut along ``depth_axis``. ``crop_margin``
+    (voxels around the head box), ``head_threshold_fraction`` (head mask for the crop and the z-score) and
+    ``image_resize_mode`` are the rest of ``train.json``'s preprocessing, so serving can prepare scans alike.
     """
 
     task: str
@@ -68,6 +79,9 @@ class ModelSpec:
     spatial_size: list[int] = field(default_factory=lambda: list(DEFAULT_SPATIAL_SIZE))
     depth_axis: str = DEFAULT_DEPTH_AXIS
     produced_by: dict[str, Any] = field(default_factory=dict)
+    crop_margin: int = PREPROCESSING_DEFAULTS["crop_margin"]
+    head_threshold_fraction: float = PREPROCESSING_DEFAULTS["head_threshold_fraction"]
+    image_resize_mode: str = PREPROCESSING_DEFAULTS["image_resize_mode"]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types (safe inside a ``weights_only`` checkpoint)."""
@@ -91,8 +105,17 @@ class ModelSpec:
         size = [int(s) for s in raw.get("spatial_size", DEFAULT_SPATIAL_SIZE)]
         if len(size) != 3:
             raise InputError(source, f"spatial_size must be (D, H, W), got {size}")
+        try:
+            margin = int(raw.get("crop_margin", PREPROCESSING_DEFAULTS["crop_margin"]))
+            fraction = float(raw.get("head_threshold_fraction", PREPROCESSING_DEFAULTS["head_threshold_fraction"]))
+        except (TypeError, ValueError) as err:
+            raise InputError(source, f"crop_margin must be an integer and head_threshold_fraction a number: {err}") from None
+        if margin < 0 or not 0 < fraction < 1:
+            raise InputError(source, f"crop_margin must be >= 0 and head_threshold_fraction in (0, 1), got "
+                                     f"{margin} and {fraction}")
         return cls(task, num_classes, [str(n) for n in names], net, size,
-                   str(raw.get("depth_axis", DEFAULT_DEPTH_AXIS)), dict(raw.get("produced_by") or {}))
+                   str(raw.get("depth_axis", DEFAULT_DEPTH_AXIS)), dict(raw.get("produced_by") or {}),
+                   margin, fraction, str(raw.get("image_resize_mode", PREPROCESSING_DEFAULTS["image_resize_mode"])))
 
 
 def task_spec(task: str, network_def: dict[str, Any] | None = None, **kwargs: Any) -> ModelSpec:
@@ -155,7 +178,7 @@ def spec_from_bundle_config(config: str | os.PathLike | Sequence[str | os.PathLi
                             overrides: Mapping[str, Any] | None = None, trust_bundle: bool = True) -> ModelSpec:
     """Spec from a bundle's ``train.json`` (or a list of config files merged in order, then ``overrides`` as
     on the bundle command line): its ``task``, ``num_classes``, ``network_def``, ``spatial_size``,
-    ``depth_axis``; ``task`` overrides the config's task and sets ``num_classes`` to match it.
+    ``depth_axis`` and the other preprocessing parameters (:data:`PREPROCESSING_DEFAULTS`); ``task`` overrides the config's task and sets ``num_classes`` to match it.
 
     ``trust_bundle`` False reads literal values only (no ``$`` expression is run) and raises
     :class:`InputError` when the config needs its code run to describe the network."""
@@ -172,7 +195,7 @@ def spec_from_bundle_config(config: str | os.PathLike | Sequence[str | os.PathLi
     if task is not None:
         parser["task"] = task
         parser["num_classes"] = len(TASK_LABELS.get(task, {})) or parser["num_classes"]
-    keys = [k for k in ("task", "num_classes", "spatial_size", "depth_axis") if k in parser]
+    keys = [k for k in ("task", "num_classes", "spatial_size", "depth_axis", *PREPROCESSING_DEFAULTS) if k in parser]
     if trust_bundle:
         raw = {key: parser.get_parsed_content(key) for key in keys}
         raw["network_def"] = {k: parser.get_parsed_content(f"network_def#{k}") for k in parser["network_def"]}
