@@ -355,6 +355,9 @@ class Predictor:
             network = fold_batch_norm(network).to(memory_format=torch.channels_last)
         if slices_per_call is not None and slices_per_call < 1:
             raise ValueError(f"slices_per_call must be >= 1 or None (all slices), got {slices_per_call}")
+        if spec.image_resize_mode != "area":  # native_grid resizes by area only; another mode would be served wrong
+            raise InputError(None, f"the model was trained with image_resize_mode {spec.image_resize_mode!r}; "
+                                   "mrivol predict serves 'area' only (retrain with it, or use the bundle's inference.json)")
         self.network, self.spec, self.backend, self.series = network, spec, backend, series
         self.source: str = "<in memory>"  # where the model was loaded from (set by from_model)
         self.shipped = False  # the shipped default of its task
@@ -443,7 +446,8 @@ class Predictor:
         image, affine = self.read(path)
         check_field_of_view(image.shape, affine, path)
         try:
-            x, grid = model_input(image, affine, self.spec.spatial_size, self.spec.depth_axis)
+            x, grid = model_input(image, affine, self.spec.spatial_size, self.spec.depth_axis,
+                                  margin=self.spec.crop_margin, fraction=self.spec.head_threshold_fraction)
         except InputError as err:
             raise InputError(path, err.problem) from None
         return x, grid, image, affine

@@ -137,3 +137,31 @@ def test_a_spec_with_impossible_preprocessing_is_one_line():
         assert "\n" not in str(err.value)
     old = {k: v for k, v in raw.items() if k not in PREPROCESSING_DEFAULTS}  # a checkpoint from before
     assert ModelSpec.from_dict(old, "meta") == task_spec("brain")
+
+
+def test_mrivol_predict_serves_the_crop_margin_and_head_fraction_its_checkpoint_was_trained_with(tmp_path):
+    import dataclasses
+
+    import nibabel as nib
+    import numpy as np
+
+    from mrivol_monai.errors import InputError
+    from mrivol_monai.native_grid import model_input
+    from mrivol_monai.networks import UNet2d
+    from mrivol_monai.predict import Predictor
+    from mrivol_monai.weights import task_spec
+
+    rng = np.random.default_rng(0)
+    image = np.zeros((40, 44, 36), np.float32)
+    image[8:32, 10:34, 6:30] = 100.0 + rng.normal(0, 5, (24, 24, 24))
+    affine = np.diag([1.0, 1.0, 1.2, 1.0])
+    nib.save(nib.Nifti1Image(image, affine), str(tmp_path / "scan.nii.gz"))
+    spec = dataclasses.replace(task_spec("brain", spatial_size=[8, 16, 16]), crop_margin=6,
+                               head_threshold_fraction=0.3)
+    predictor = Predictor(UNet2d(1, 2, ed_blocks=2, width=4).eval(), spec)
+    x, grid, _, _ = predictor.model_input(tmp_path / "scan.nii.gz")
+    expected, _ = model_input(image, affine, [8, 16, 16], margin=6, fraction=0.3)
+    default, _ = model_input(image, affine, [8, 16, 16])
+    assert torch.allclose(x, expected) and not torch.allclose(x, default)
+    with pytest.raises(InputError, match="image_resize_mode 'trilinear'"):
+        Predictor(UNet2d(1, 2, ed_blocks=2, width=4), dataclasses.replace(spec, image_resize_mode="trilinear"))
