@@ -51,6 +51,7 @@ from mrivol_monai.batch_report import write_report
 from mrivol_monai.bids import write_derivative_metadata
 from mrivol_monai.data.nifti_reader import read_nifti
 from mrivol_monai.distributed import shard as take_shard
+from mrivol_monai.data.nifti_files import voxel_mm3
 from mrivol_monai.errors import InputError
 from mrivol_monai import intervals
 from mrivol_monai.intervals import soft_hard_gap
@@ -157,7 +158,7 @@ def preprocessing(spatial_size: Sequence[int], depth_axis: str = "axial") -> Com
 
 def volumes_ml(mask: np.ndarray, affine: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
     """(X, Y, Z) label mask + (4, 4) affine -> ``{name: mL}`` for every class except background (index 0)."""
-    voxel_ml = abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))) / 1000.0
+    voxel_ml = voxel_mm3(affine) / 1000.0
     mask = np.asarray(mask)  # one count per class: np.bincount would first widen 10M uint8 voxels to int64
     return {name: float(np.count_nonzero(mask == i)) * voxel_ml for i, name in enumerate(class_names) if i > 0}
 
