@@ -28,6 +28,7 @@ from monai.data import MetaTensor
 from monai.transforms import SpatialResample
 
 from mrivol_monai.data.label_maps import HIPPOCAMPUS_LR, SUBCORTICAL_LR
+from mrivol_monai.data.nifti_files import voxel_mm3
 from mrivol_monai.errors import InputError
 from mrivol_monai.native_grid import channel_argmax
 
@@ -173,7 +174,7 @@ def box_to_native(probs: torch.Tensor, box: np.ndarray, native_affine: np.ndarra
 
 def hard_volumes_ml(classes: np.ndarray, affine: np.ndarray) -> dict[str, float]:
     """(X, Y, Z) class indices -> mL per class name (voxel counts x voxel volume)."""
-    voxel_ml = abs(float(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
+    voxel_ml = voxel_mm3(affine) / 1000.0
     counts = np.bincount(np.asarray(classes).reshape(-1).astype(np.int64), minlength=NUM_CLASSES)
     return {name: float(counts[i]) * voxel_ml for i, name in enumerate(CLASS_NAMES) if i}
 

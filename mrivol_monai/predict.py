@@ -13,16 +13,15 @@ shape), ``<scan>_qc.png``, ``<scan>_volumes.json`` and one ``volumes.csv`` row p
 ``report.html`` current (:mod:`mrivol_monai.batch_report`), and reports bad inputs one line each without
 stopping. It can take one shard of the scans (torchrun ranks, ``--shard K/N`` array jobs) and skips scans a
 previous or parallel run already finished (a row and a mask), so any number of processes and re-runs leave one
-row per scan (:mod:`mrivol_monai.volumes_csv`).
+row per scan (:mod:`mrivol_monai.volumes_csv`). Which inputs are scans is :mod:`mrivol_monai.scan_discovery`;
+what is written per scan, and where, is :mod:`mrivol_monai.prediction_outputs` (their names stay importable
+from here).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -30,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 from monai.config import KeysCollection
@@ -48,23 +46,39 @@ from monai.transforms import (
 from tqdm import tqdm
 
 from mrivol_monai import __version__
-from mrivol_monai.atomic_io import atomic_path, plain_name, write_atomic
+from mrivol_monai.atomic_io import write_atomic
 from mrivol_monai.batch_report import write_report
-from mrivol_monai.bids import (
-    DSEG_SUFFIX,
-    bids_t1w_scans,
-    derivative_stem,
-    enclosing_bids_root,
-    is_bids_root,
-    write_derivative_metadata,
-)
+from mrivol_monai.bids import write_derivative_metadata
 from mrivol_monai.data.nifti_reader import read_nifti
 from mrivol_monai.distributed import shard as take_shard
+from mrivol_monai.data.nifti_files import voxel_mm3
 from mrivol_monai.errors import InputError
 from mrivol_monai import intervals
 from mrivol_monai.intervals import soft_hard_gap
 from mrivol_monai.native_grid import CROP_MARGIN, GridMap, channel_argmax, model_input
 from mrivol_monai.networks import SliceSegmenter, fold_batch_norm
+from mrivol_monai.scan_discovery import (  # discovery lives there; these names stay importable from here
+    dicom_series,
+    discover_scans,
+    find_scans,
+    label_file_reason,
+    skipped_line,
+)
+from mrivol_monai.scan_discovery import is_nifti as _is_nifti
+from mrivol_monai.scan_discovery import scan_id as _scan_id
+from mrivol_monai.prediction_outputs import (  # what predict writes lives there; these names stay importable here
+    LAYOUTS,
+    append_csv_row,
+    label_table,
+    output_paths,
+    predict_columns,
+    qc_picture_of,
+    save_mask,
+    save_qc_png,
+    scan_json,
+    volume_columns,
+    volume_row,
+)
 from mrivol_monai.scan_qc import qc_reasons, qc_verdict
 from mrivol_monai.transforms import (
     CheckVolumed,
@@ -79,6 +93,7 @@ from mrivol_monai.weights import ModelSpec
 
 __all__ = [
     "BACKENDS",
+    "LAYOUTS",
     "Predictor",
     "PredictReport",
     "Segmentation",
@@ -106,162 +121,12 @@ __all__ = [
 ]
 
 BACKENDS = ("torch", "onnx")
-LAYOUTS = ("flat", "bids")  # flat: every file in --out; bids: BIDS-derivatives folders and names (mrivol_monai.bids)
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-MASK_SUFFIX = "_seg.nii.gz"
-MASK_SUFFIXES = {"flat": MASK_SUFFIX, "bids": DSEG_SUFFIX}
-QC_SUFFIX = "_qc.png"
-SCAN_JSON_SUFFIX = "_volumes.json"
 REPORT_WAIT = 3.0  # report.html waits this many times its last rewrite's duration before the next (see predict)
-PREDICT_COLUMNS = ("subject", "session", "qc")  # after volume_columns in mrivol predict's volumes.csv
 VOLUMES_CSV = "volumes.csv"
 LABELS_JSON = "labels.json"
 MIN_HEAD_VOXELS = 16  # per axis: fewer cannot show a head (an 8x8x8 volume, a single slab)
 MIN_HEAD_MM = 20.0  # per axis, field of view in mm
 SLICES_PER_CALL = 10  # peak RSS vs speed on an IXI-size scan: see benchmarks/inference_speed.py --slices-per-call
-
-
-def _is_nifti(path: Path) -> bool:
-    return path.name.lower().endswith(NIFTI_SUFFIXES)
-
-
-def _scan_id(path: Path) -> str:
-    name = path.name
-    for suffix in NIFTI_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-# name parts (split at _ - . +) that mark a label map or mask, not a scan: our own *_seg output, FreeSurfer
-# aseg / aparc+aseg, BIDS dseg / probseg / *_mask, *_label*, SynthSeg's *_synthseg
-LABEL_NAME_PARTS = ("seg", "aseg", "aparc", "dseg", "probseg", "mask", "brainmask", "labels", "labelmap")
-# an integer image with at most this many distinct values (in a 1-in-27 voxel sample) is a label map: the 20
-# SynthSeg maps hold 53-54 labels, a T1 scan hundreds of grey levels
-MAX_LABEL_VALUES = 128
-
-
-def label_file_reason(path: str | os.PathLike, read_content: bool = True) -> str | None:
-    """Why the NIfTI file at ``path`` looks like a label map or mask rather than a scan (``"name"`` or
-    ``"integer image with N values"``), or None. Unreadable files are not judged here (None): they fail as
-    a scan later, with their own error line."""
-    parts = [t for t in re.split(r"[_\-.+]", _scan_id(Path(path)).lower()) if t]
-    if any(t in LABEL_NAME_PARTS or t.startswith("label") or t.endswith("seg") for t in parts):
-        return "name"
-    if not read_content:
-        return None
-    try:
-        image, _ = read_nifti(path)
-    except Exception:  # noqa: BLE001 -- unreadable: not our call to make here, predict reports it
-        return None
-    if image.dtype.kind not in "iub" or image.ndim < 3:
-        return None
-    values = np.unique(np.asarray(image[::3, ::3, ::3]))
-    return f"integer image with {values.size} values" if values.size <= MAX_LABEL_VALUES else None
-
-
-def discover_scans(inputs: Sequence[str | os.PathLike] | str | os.PathLike
-                   ) -> tuple[list[dict[str, str]], list[tuple[str, str]]]:
-    """:func:`find_scans`, plus the files it left out of folders: ``[(path, reason), ...]``."""
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    found: list[dict[str, str]] = []  # {"image": path} or a BIDS scan's {"image", "scan", "subject", "session"}
-    skipped: list[tuple[str, str]] = []
-
-    def expand(path: Path) -> None:
-        if not path.is_dir():
-            found.append({"image": str(path)})
-            return
-        if is_bids_root(path):
-            bids = bids_t1w_scans(path)
-            found.extend(bids or [{"image": str(path), "error": "BIDS dataset without any "
-                                   "sub-*/[ses-*/]anat/*_T1w.nii[.gz] file"}])
-            return
-        root = enclosing_bids_root(path)
-        if root is not None:  # a subject, session or anat folder of a BIDS dataset: its T1w scans only
-            inside = [s for s in bids_t1w_scans(root) if Path(s["image"]).absolute().is_relative_to(path.absolute())]
-            found.extend(inside or [{"image": str(path), "error": f"no *_T1w.nii[.gz] scan in this folder of the "
-                                                                  f"BIDS dataset {root}"}])
-            return
-        entries = sorted(path.iterdir())
-        niftis = [p for p in entries if p.is_file() and _is_nifti(p)]
-        if niftis:
-            for nifti in niftis:
-                reason = label_file_reason(nifti)
-                if reason:
-                    skipped.append((str(nifti), reason))
-                else:
-                    found.append({"image": str(nifti)})
-        elif any(p.is_file() for p in entries) or not entries:
-            found.append({"image": str(path)})  # a DICOM series (or an empty folder, reported when read)
-        else:
-            for sub in entries:
-                if sub.is_dir():
-                    expand(sub)
-
-    for item in inputs:
-        expand(Path(item))
-    scans, seen = [], {}
-    for item in found:
-        base = item.get("scan") or _scan_id(Path(item["image"]))
-        seen[base] = seen.get(base, 0) + 1
-        scans.append({**item, "scan": base if seen[base] == 1 else f"{base}-{seen[base]}"})
-    return scans, skipped
-
-
-def find_scans(inputs: Sequence[str | os.PathLike] | str | os.PathLike) -> list[dict[str, str]]:
-    """Expand INPUT arguments into ``[{"image": path, "scan": id}, ...]`` in argument order.
-
-    A file is one scan (whatever its name; unreadable files fail later, one by one). A BIDS dataset root
-    (:func:`mrivol_monai.bids.is_bids_root`) contributes its ``sub-*/[ses-*/]anat/*_T1w.nii[.gz]`` files, with
-    ``subject`` and ``session`` entries and the file name without ``_T1w`` as ``scan``
-    (:func:`mrivol_monai.bids.bids_t1w_scans`; a BIDS root without such files gives one item with an ``error``);
-    so does a ``sub-*``, session or ``anat`` folder of a BIDS dataset, with the T1w scans inside it.
-    Any other folder contributes its NIfTI files (sorted) except label maps and masks
-    (:func:`label_file_reason`: by name, or integer images with few values; :func:`discover_scans` lists them);
-    a folder with no NIfTI files but with other files is one DICOM series; a folder holding only sub-folders is
-    expanded recursively. Missing paths are kept, so they fail as a scan. ``scan`` ids (file stem or folder
-    name) are made unique with a ``-2``, ``-3`` suffix.
-    """
-    return discover_scans(inputs)[0]
-
-
-def skipped_line(skipped: Sequence[tuple[str, str]], shown: int = 3) -> str:
-    """One line saying which folder files were not segmented and why (the first ``shown`` of each reason)."""
-    by_name = [Path(p).name for p, r in skipped if r == "name"]
-    by_content = [Path(p).name for p, r in skipped if r != "name"]
-    parts = []
-    for what, names in (("by name", by_name), (f"by content: integer images with <= {MAX_LABEL_VALUES} values",
-                                                   by_content)):
-        if names:
-            more = f", ... {len(names) - shown} more" if len(names) > shown else ""
-            parts.append(f"{len(names)} {what} ({', '.join(names[:shown])}{more})")
-    return f"skipped {len(skipped)} label/mask files in the input folders: " + "; ".join(parts)
-
-
-def dicom_series(folder: str | os.PathLike) -> list[tuple[str, str, int]]:
-    """``(series id, description, number of files)`` of each DICOM series in ``folder``, ids as MONAI's
-    ``ITKReader`` names them (its ``series_name``): SeriesInstanceUID plus ITK's series details."""
-    import itk
-
-    names = itk.GDCMSeriesFileNames.New()
-    names.SetUseSeriesDetails(True)  # the settings of MONAI's ITKReader, so the ids are the ones it takes
-    names.AddSeriesRestriction("0008|0021")
-    names.SetDirectory(str(folder))
-    found = []
-    for uid in names.GetSeriesUIDs():
-        files = names.GetFileNames(uid)
-        description = ""
-        try:
-            io = itk.GDCMImageIO.New()
-            io.SetFileName(files[0])
-            io.ReadImageInformation()
-            meta = io.GetMetaDataDictionary()
-            description = str(meta["0008|103e"]).strip() if meta.HasKey("0008|103e") else ""
-        except Exception:  # a description is only a help for choosing; the id is what counts
-            pass
-        found.append((str(uid), description, len(files)))
-    return found
 
 
 def check_field_of_view(shape: Sequence[int], affine: np.ndarray, path: str | os.PathLike) -> None:
@@ -293,14 +158,9 @@ def preprocessing(spatial_size: Sequence[int], depth_axis: str = "axial") -> Com
 
 def volumes_ml(mask: np.ndarray, affine: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
     """(X, Y, Z) label mask + (4, 4) affine -> ``{name: mL}`` for every class except background (index 0)."""
-    voxel_ml = abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))) / 1000.0
+    voxel_ml = voxel_mm3(affine) / 1000.0
     mask = np.asarray(mask)  # one count per class: np.bincount would first widen 10M uint8 voxels to int64
     return {name: float(np.count_nonzero(mask == i)) * voxel_ml for i, name in enumerate(class_names) if i > 0}
-
-
-def volume_row(scan: str, source: str, mask_path: str, volumes: dict[str, float]) -> dict[str, str]:
-    """One ``volumes.csv`` row (columns of :func:`volume_columns`), mL to 3 decimals."""
-    return {"scan": scan, "input": source, "mask": mask_path, **{f"{k}_ml": f"{v:.3f}" for k, v in volumes.items()}}
 
 
 class VolumesCSVd(MapTransform):
@@ -484,122 +344,6 @@ class Predictor:
         wanted[list(classes)] = True
         score = (probs[wanted].amax(dim=0) - probs[~wanted].amax(dim=0))[None]
         return image, affine, grid.to_native(score) > 0
-
-
-def save_mask(mask: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write an (X, Y, Z) uint8 mask as NIfTI with ``affine`` (qform and sform), via a temp name + rename."""
-    path = Path(path)
-    image = nib.Nifti1Image(np.asarray(mask, dtype=np.uint8), affine)
-    image.header.set_data_dtype(np.uint8)
-    image.header.set_xyzt_units("mm", "sec")
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    with atomic_path(path) as tmp:
-        nib.save(image, tmp)
-    return path
-
-
-QC_COLOURS = ("#ff3b30", "#34c759", "#0a84ff", "#ffcc00", "#bf5af2", "#64d2ff", "#ff9f0a")
-
-
-def save_qc_png(image: np.ndarray, mask: np.ndarray, affine: np.ndarray, path: str | os.PathLike,
-                class_names: Sequence[str], title: str = "") -> Path:
-    """Three orthogonal slices (sagittal, coronal, axial through the mask's centre) of the (X, Y, Z) image in
-    RAS display orientation with each structure's outline; PNG written via temp name + rename."""
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-
-    ornt = nib.orientations.io_orientation(affine)
-    img = nib.orientations.apply_orientation(image, ornt)
-    lab = nib.orientations.apply_orientation(mask, ornt)
-    zooms = np.empty(3)
-    zooms[ornt[:, 0].astype(int)] = nib.affines.voxel_sizes(affine)
-    fg = lab > 0
-    total = np.count_nonzero(fg)
-    # the mask's centroid from its three marginal profiles: np.argwhere on 10M voxels took 0.1 s
-    centre = np.array([int(round(float(np.arange(n) @ fg.sum(axis=tuple(a for a in range(3) if a != i)))
-                                 / total)) for i, n in enumerate(fg.shape)]) if total else np.array(lab.shape) // 2
-    # display window from the three planes shown, not the whole volume (a full percentile took 0.1 s)
-    planes = (img[centre[0]], img[:, centre[1]], img[:, :, centre[2]])
-    lo, hi = np.percentile(np.concatenate([p.ravel() for p in planes]), [1, 99.5])
-    fig = Figure(figsize=(10.5, 3.8), dpi=100)
-    axes = fig.subplots(1, 3)
-    views = (("sagittal", img[centre[0]], lab[centre[0]], zooms[2] / zooms[1]),
-             ("coronal", img[:, centre[1]], lab[:, centre[1]], zooms[2] / zooms[0]),
-             ("axial", img[:, :, centre[2]], lab[:, :, centre[2]], zooms[1] / zooms[0]))
-    for ax, (name, plane, labels, aspect) in zip(axes, views):
-        ax.imshow(plane.T, cmap="gray", origin="lower", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
-        for c in range(1, len(class_names)):
-            if (labels == c).any():
-                ax.contour((labels == c).T.astype(float), levels=[0.5], colors=[QC_COLOURS[(c - 1) % len(QC_COLOURS)]],
-                           linewidths=0.9)
-        ax.set_title(name, fontsize=9)
-        ax.set_axis_off()
-    handles = [Line2D([], [], color=QC_COLOURS[(c - 1) % len(QC_COLOURS)], label=n)
-               for c, n in enumerate(class_names) if c > 0]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
-    fig.suptitle(title, fontsize=9)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return path
-
-
-def append_csv_row(path: str | os.PathLike, columns: Sequence[str], row: dict[str, object]) -> None:
-    """Make ``row`` the one row of its scan (first column) in the CSV at ``path``: appended under a lock shared
-    by all processes, or replacing the scan's earlier row (:class:`mrivol_monai.volumes_csv.VolumesTable`).
-    A missing file is created with ``columns`` as header; a header that differs raises :class:`InputError`."""
-    VolumesTable(path, columns).put(row)
-
-
-def label_table(spec: Any) -> dict[str, dict[str, object]]:
-    """``labels.json``: mask value -> its structure name (and FreeSurfer label for left/right classes)."""
-    from mrivol_monai.deep_grey_box import FINE_CLASSES
-
-    freesurfer = dict(FINE_CLASSES) if list(spec.class_names) == [n for n, _ in FINE_CLASSES] else {}
-    return {str(i): {"name": name, **({"freesurfer_label": freesurfer[name]} if name in freesurfer else {})}
-            for i, name in enumerate(spec.class_names)}
-
-
-def volume_columns(class_names: Sequence[str]) -> list[str]:
-    """``volumes.csv`` header: scan, input, mask, then ``<structure>_ml`` per foreground class."""
-    return ["scan", "input", "mask"] + [f"{name}_ml" for name in class_names[1:]]
-
-
-def predict_columns(class_names: Sequence[str]) -> list[str]:
-    """``mrivol predict``'s ``volumes.csv`` header: :func:`volume_columns`, then subject, session (BIDS inputs;
-    empty otherwise) and qc (``pass`` or the reasons, :mod:`mrivol_monai.scan_qc`)."""
-    return volume_columns(class_names) + list(PREDICT_COLUMNS)
-
-
-def output_paths(out: str | os.PathLike, item: Mapping[str, str], layout: str = "flat") -> dict[str, Path]:
-    """Where one scan's files go: ``mask``, ``qc`` (PNG) and ``json`` (its ``volumes.csv`` row).
-
-    ``flat``: ``out/<scan>_seg.nii.gz``, ``<scan>_qc.png``, ``<scan>_volumes.json``. ``bids``:
-    ``out/sub-X/[ses-Y/]anat/<scan>_space-orig_dseg.nii.gz`` with ``<scan>_qc.png`` and the mask's sidecar
-    ``<scan>_space-orig_dseg.json`` beside it (:func:`mrivol_monai.bids.derivative_stem`)."""
-    if layout not in LAYOUTS:
-        raise InputError(None, f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
-    if layout == "bids":
-        stem = derivative_stem(out, item["scan"], item.get("subject", ""), item.get("session", ""))
-        return {"mask": Path(f"{stem}{DSEG_SUFFIX}"), "qc": Path(f"{stem}{QC_SUFFIX}"),
-                "json": Path(f"{stem}{DSEG_SUFFIX[:-len('.nii.gz')]}.json")}
-    stem = Path(out) / plain_name(item["scan"])
-    return {"mask": Path(f"{stem}{MASK_SUFFIX}"), "qc": Path(f"{stem}{QC_SUFFIX}"),
-            "json": Path(f"{stem}{SCAN_JSON_SUFFIX}")}
-
-
-def qc_picture_of(mask_path: str) -> str:
-    """The QC PNG beside a mask written by :func:`predict` (either layout)."""
-    for suffix in MASK_SUFFIXES.values():
-        if mask_path.endswith(suffix):
-            return mask_path[: -len(suffix)] + QC_SUFFIX
-    return ""
-
-
-def scan_json(row: Mapping[str, str]) -> str:
-    """The per-scan JSON: the ``volumes.csv`` row with its ``*_ml`` values as numbers (the same numbers)."""
-    return json.dumps({k: float(v) if k.endswith("_ml") and v != "" else v for k, v in row.items()}, indent=2) + "\n"
 
 
 def _check_out_dir(out: Path) -> None:

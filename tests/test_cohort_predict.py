@@ -85,7 +85,7 @@ def test_torchrun_splits_five_scans_over_two_ranks_and_a_rerun_skips_them(cohort
 KILL_ON_THIRD_MASK = """
 import os, signal, sys
 import nibabel
-import mrivol_monai.predict as predict
+import mrivol_monai.prediction_outputs as outputs
 from mrivol_monai.cli import main
 calls = []
 real_save = nibabel.save
@@ -96,7 +96,7 @@ def save(image, path):
             handle.write(b"half a mask")
         os.kill(os.getpid(), signal.SIGKILL)
     real_save(image, path)
-predict.nib.save = save
+outputs.nib.save = save  # the module that writes the masks
 sys.exit(main(sys.argv[1:]))
 """
 
