@@ -87,3 +87,13 @@ def test_unknown_cache_kind_is_one_clear_error(tiny_cohort):
     with pytest.raises(InputError, match="needs a cache_dir"):
         cached_dataset("disk", data, transform)
     assert type(cached_dataset("none", data, transform)).__name__ == "Dataset"
+
+
+def test_the_disk_cache_asks_glibc_to_return_freed_big_blocks():
+    import platform
+
+    from mrivol_monai.data.dataset_cache import return_freed_memory
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert return_freed_memory() is True
