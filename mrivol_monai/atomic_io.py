@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "json_safe", "plain_name", "write_atomic"]
+__all__ = ["atomic_path", "json_safe", "make_writable_dir", "plain_name", "write_atomic"]
 
 
 def _usual_mode() -> int:
@@ -48,6 +48,17 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
         handle.flush()
         os.fsync(handle.fileno())
     return path
+
+
+def make_writable_dir(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` if needed and prove a file can be written in it (an empty probe file, removed again);
+    ``OSError`` otherwise, for the caller to turn into a one-line error naming its setting."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".mrivol-write-test.{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()
+    return folder
 
 
 def plain_name(name: str) -> str:

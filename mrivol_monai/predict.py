@@ -46,7 +46,7 @@ from monai.transforms import (
 from tqdm import tqdm
 
 from mrivol_monai import __version__
-from mrivol_monai.atomic_io import write_atomic
+from mrivol_monai.atomic_io import make_writable_dir, write_atomic
 from mrivol_monai.batch_report import write_report
 from mrivol_monai.bids import write_derivative_metadata
 from mrivol_monai.data.nifti_reader import read_nifti
@@ -348,10 +348,7 @@ class Predictor:
 
 def _check_out_dir(out: Path) -> None:
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".mrivol-write-test.{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        make_writable_dir(out)
     except OSError as err:
         raise InputError(out, f"output folder is not writable ({err.strerror or err})") from err
 

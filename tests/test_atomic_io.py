@@ -36,3 +36,13 @@ def test_temp_name_keeps_suffixes_so_nibabel_writes_gzip_and_mode_follows_umask(
     assert write_atomic(tmp_path / "a.json", '{"x": 1}\n').read_text() == '{"x": 1}\n'
     assert write_atomic(tmp_path / "b.bin", b"\x00\x01").read_bytes() == b"\x00\x01"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.bin", "new"]
+
+
+def test_make_writable_dir_creates_the_folder_leaves_no_probe_and_refuses_a_file(tmp_path):
+    from mrivol_monai.atomic_io import make_writable_dir
+
+    folder = make_writable_dir(tmp_path / "a" / "b")
+    assert folder.is_dir() and list(folder.iterdir()) == []
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OSError):
+        make_writable_dir(tmp_path / "file")

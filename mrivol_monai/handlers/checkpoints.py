@@ -30,7 +30,7 @@ from ignite.handlers.checkpoint import BaseSaveHandler, Checkpoint
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.transforms import Randomizable, Transform
 
-from mrivol_monai.atomic_io import atomic_path
+from mrivol_monai.atomic_io import atomic_path, make_writable_dir
 from mrivol_monai.errors import InputError
 
 __all__ = [
@@ -58,10 +58,7 @@ def ensure_writable_dir(folder: str | os.PathLike, setting: str) -> Path:
     config ``setting`` (e.g. ``ckpt_dir``) otherwise."""
     folder = Path(folder)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".mrivol-write-test.{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        make_writable_dir(folder)
     except OSError as err:
         raise InputError(folder, f"{setting} is not writable ({err.strerror or err}); choose another with "
                                  f"--{setting} DIR") from err
