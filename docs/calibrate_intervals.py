@@ -31,6 +31,7 @@ from mrivol_monai.data import label_maps, synthetic
 from mrivol_monai.deep_grey_box import REPORTED_STRUCTURES
 from mrivol_monai.errors import InputError
 from mrivol_monai.two_stage import predictor_for
+from mrivol_monai.two_stage_evaluation import cohort_subjects
 from mrivol_monai.weights import WEIGHTS_DIR
 
 FIRST_NUMBER = 1001
@@ -119,14 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         structures = list(predictor.spec.class_names[1:])  # brain; for two stages: each side ...
         if args.task == "subcortical":  # ... and the left + right totals
             structures = list(REPORTED_STRUCTURES) + structures
+        cohort = Path(args.cohort)
+        test = cohort_subjects(cohort, "test")  # a bad cohort fails before any calibration scan is made
         folder = Path(args.calibration_dir or f"bundle/data/synthixi_calibration_{args.scanners}")
         calibration_rows = measured_rows(predictor, folder,
                                          ensure_calibration_scans(folder, args.subjects, args.seed, args.scanners),
                                          structures, "calibration")
-        cohort = Path(args.cohort)
-        test = [r for r in csv.DictReader(open(cohort / "cohort.csv")) if r["split"] == "test"]
-        if not test:
-            raise InputError(cohort / "cohort.csv", "no test subjects")
         test_rows = measured_rows(predictor, cohort, test, structures, "test")
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -73,6 +73,7 @@ from mrivol_monai.prediction_outputs import (  # what predict writes lives there
     output_paths,
     predict_columns,
     qc_picture_of,
+    qc_title_volumes,
     save_mask,
     save_qc_png,
     scan_json,
@@ -457,7 +458,7 @@ def predict(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, task: s
             verdict = qc_verdict(qc_reasons(seg.image, seg.mask, seg.volumes) +
                                  intervals.wide_reason(calibration, seg.volumes, seg.difficulty))
             if qc:
-                volumes = ", ".join(f"{k} {v:.1f} mL" for k, v in seg.volumes.items())
+                volumes = qc_title_volumes(seg.volumes)
                 save_qc_png(seg.image, seg.mask, seg.affine, paths["qc"], predictor.spec.class_names,
                             f"{item['scan']}: {volumes}; QC {verdict}")
             row = {**volume_row(item["scan"], item["image"], str(mask_path), seg.volumes),

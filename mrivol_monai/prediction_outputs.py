@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,22 @@ def save_mask(mask: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> 
     return path
 
 
-QC_COLOURS = ("#ff3b30", "#34c759", "#0a84ff", "#ffcc00", "#bf5af2", "#64d2ff", "#ff9f0a")
+# one distinct colour per class up to 10 (the two-stage mask has 10 foreground classes: 7 colours repeated, so
+# thalamus_left and amygdala_right were both red)
+QC_COLOURS = ("#ff3b30", "#34c759", "#0a84ff", "#ffcc00", "#bf5af2", "#64d2ff", "#ff9f0a", "#a2845e", "#ff2d92",
+              "#5ac8a8")
+
+
+def qc_title_volumes(volumes: Mapping[str, float]) -> str:
+    """The volumes a QC picture's title names: hard volumes only (no ``*_soft``), and for left/right structures
+    whose total is there, the total only (the two-stage task has 24 volumes; all of them ran off the picture)."""
+    shown = []
+    for name, value in volumes.items():
+        base = name.rsplit("_", 1)[0]
+        if name.endswith("_soft") or (name.endswith(("_left", "_right")) and base in volumes):
+            continue
+        shown.append(f"{name} {value:.1f} mL")
+    return ", ".join(shown)
 
 
 def save_qc_png(image: np.ndarray, mask: np.ndarray, affine: np.ndarray, path: str | os.PathLike,
@@ -86,8 +102,8 @@ def save_qc_png(image: np.ndarray, mask: np.ndarray, affine: np.ndarray, path: s
         ax.set_axis_off()
     handles = [Line2D([], [], color=QC_COLOURS[(c - 1) % len(QC_COLOURS)], label=n)
                for c, n in enumerate(class_names) if c > 0]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
-    fig.suptitle(title, fontsize=9)
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=8, frameon=False)
+    fig.suptitle(textwrap.fill(title, 150), fontsize=9)
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

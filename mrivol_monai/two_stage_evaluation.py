@@ -34,12 +34,28 @@ COLUMNS = ("subject", "structure", "true_ml", "hard_ml", "soft_ml", "hard_pct_er
            "seconds")
 
 
+def cohort_subjects(cohort: str | os.PathLike, split: str) -> list[dict]:
+    """The ``cohort.csv`` rows of ``split`` in the SynthIXI folder ``cohort``; :class:`InputError` (one line) for a
+    missing or unreadable table, one without the columns it needs, or a split with no subject."""
+    table = Path(cohort) / "cohort.csv"
+    try:
+        with open(table, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as err:
+        raise InputError(table, f"cannot read the cohort table ({err.strerror or err}); give a SynthIXI folder") from err
+    except (csv.Error, UnicodeDecodeError) as err:
+        raise InputError(table, f"not a cohort table ({err})") from err
+    if rows and not {"split", "subject", "image"} <= set(rows[0]):
+        raise InputError(table, "not a cohort table (needs the columns subject, split, image)")
+    subjects = [r for r in rows if r.get("split") == split]
+    if not subjects:
+        raise InputError(table, f"no {split} subjects")
+    return subjects
+
+
 def evaluate(cohort: Path, split: str, model: str | None, fine_model: str | None, limit: int | None = None) -> list[dict]:
     """Rows of ``two_stage_<split>.csv`` for the ``split`` subjects of ``cohort``."""
-    with open(cohort / "cohort.csv", newline="") as f:
-        subjects = [r for r in csv.DictReader(f) if r["split"] == split][:limit]
-    if not subjects:
-        raise InputError(cohort / "cohort.csv", f"no {split} subjects")
+    subjects = cohort_subjects(cohort, split)[:limit]
     predictor = predictor_for(model, "subcortical", "torch", fine_model)
     if not hasattr(predictor, "stage2"):
         raise InputError(None, "no stage-2 model: pass --fine-model or ship one")

@@ -272,3 +272,26 @@ def test_box_difficulty_is_zero_for_one_hot_and_counts_both_sides_for_totals():
     got = box_difficulty(soft)
     assert got["caudate_left"] == pytest.approx(0.4 / 8) and got["caudate"] == pytest.approx(0.4 / 16)
     assert got["caudate_right"] == 0.0
+
+
+def test_qc_title_names_hard_totals_not_every_side_and_soft_volume():
+    from mrivol_monai.prediction_outputs import qc_title_volumes
+
+    volumes = {"thalamus_left": 8.0, "thalamus_right": 7.0, "hippocampus_left": 4.0, "thalamus": 15.0,
+               "thalamus_left_soft": 8.2}
+    assert qc_title_volumes(volumes) == "hippocampus_left 4.0 mL, thalamus 15.0 mL"
+    assert qc_title_volumes({"brain": 1123.45}) == "brain 1123.5 mL"
+
+
+def test_a_missing_or_foreign_cohort_table_is_one_line(tmp_path):
+    from mrivol_monai.two_stage_evaluation import cohort_subjects
+
+    with pytest.raises(InputError, match="cohort.csv: cannot read the cohort table"):
+        cohort_subjects(tmp_path, "test")
+    (tmp_path / "cohort.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(InputError, match="not a cohort table"):
+        cohort_subjects(tmp_path, "test")
+    (tmp_path / "cohort.csv").write_text("subject,split,image\ns1,training,s1.nii.gz\n")
+    with pytest.raises(InputError, match="no test subjects"):
+        cohort_subjects(tmp_path, "test")
+    assert cohort_subjects(tmp_path, "training")[0]["subject"] == "s1"
