@@ -151,7 +151,8 @@ class TrainingConsole:
 
         epochs, minutes = engine.state.epoch, (time.perf_counter() - self._run_start) / 60
         _, best, best_epoch = self._val()
-        stop = "stopped early (no validation gain)" if epochs < engine.state.max_epochs else "all epochs run"
+        stop = ("stopped early (validation Dice did not gain early_stop_min_delta within early_stop_patience validations;"
+                " smaller gains still replace the best model)") if epochs < engine.state.max_epochs else "all epochs run"
         model = self.ckpt_dir / "model.pt"
         latest = sorted(self.ckpt_dir.glob("latest_*.pt"), key=lambda p: p.stat().st_mtime)
         provenance = getattr(self.record, "provenance", None) or {}
